@@ -1,0 +1,247 @@
+"""DropBlock (Ghiasi, Lin and Le, 2018): drop contiguous blocks of feature maps."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxdrop._src import checks, masking, sampling
+
+# Bisection steps for `calibrate=True`: gamma lies in [0, 1] and 40 halvings bring the bracket
+# below 1e-12, far under float32's resolution at any gamma that matters.
+_CALIBRATE_STEPS = 40
+
+
+def dropblock(
+    rng: jax.Array,
+    x: jax.typing.ArrayLike,
+    keep_prob: float | jax.Array,
+    block_size: int | Sequence[int],
+    *,
+    spatial_dims: int | Sequence[int] = (-3, -2),
+    broadcast_dims: int | Sequence[int] = (),
+    normalize: masking.Normalize = "actual",
+    calibrate: bool = False,
+) -> jax.Array:
+    r"""Drops contiguous blocks of each feature map (DropBlock).
+
+    DropBlock zeroes ``block_size``-sized regions of each feature map instead of independent
+    units, which removes whole semantic parts (a head, a foot) and makes the rest of the network
+    learn from what remains. Seeds are drawn independently with probability ``gamma`` at every
+    position where a whole block fits inside the map; a seed at position ``s`` drops ``[s, s + b)``
+    along each spatial axis. Every dropped unit therefore belongs to a full block lying inside the
+    map, for odd and even block sizes and non-square maps alike. The kept units are then rescaled.
+
+    With spatial sizes :math:`H_d` and block sizes :math:`b_d` (clipped to :math:`H_d`), the
+    paper's equation (1), generalised to any number of axes, is
+
+    .. math::
+
+      \gamma = \frac{1 - \text{keep\_prob}}{\prod_d b_d}
+               \prod_d \frac{H_d}{H_d - b_d + 1},
+
+    clipped to :math:`[0, 1]`. With ``calibrate=True``, :math:`\gamma` instead solves
+    :math:`\frac{1}{\prod_d H_d}\sum_i (1 - \gamma)^{c_i} = \text{keep\_prob}`, where :math:`c_i`
+    is the number of seed positions whose block covers unit :math:`i`: the expected fraction of
+    kept units is then exactly ``keep_prob``.
+
+    Args:
+      rng: a PRNG key, typed (``jax.random.key``) or legacy (``jax.random.PRNGKey``).
+      x: floating array of shape ``(..., H, W, C)`` by default (channels last, like Flax); any
+        layout through ``spatial_dims``.
+      keep_prob: probability of keeping a unit, a Python float or a traced scalar. ``1.0``
+        returns ``x`` unchanged and ``0.0`` returns zeros. A traced value is not checked; it is
+        clipped to [0, 1]. It receives no gradient.
+      block_size: the side of a block, an int or one int per spatial dim. A block larger than
+        its axis is clipped to the axis length.
+      spatial_dims: the axes that blocks span: ``(-3, -2)`` for ``(N, H, W, C)``, ``(-2, -1)``
+        for NCHW, ``(-2,)`` for sequences ``(N, L, C)``, ``(-4, -3, -2)`` for volumes.
+      broadcast_dims: axes that share one mask, as in ``flax.linen.Dropout``: ``(-1,)`` shares a
+        mask across channels, ``(0,)`` across the batch. Every other axis gets its own mask.
+      normalize: how kept units are rescaled. ``"actual"`` (Algorithm 1, step 8): by
+        ``mask.size / mask.sum()`` over the whole mask, counted exactly in integers.
+        ``"expected"``: by ``1 / keep_prob``, with no reduction over the array. ``"none"``: not
+        rescaled. A mask that drops everything gives zeros, never NaN or Inf.
+      calibrate: solve ``gamma`` so that the expected kept fraction is exactly ``keep_prob``,
+        instead of using the paper's formula.
+
+    Returns:
+      An array with the shape and dtype of ``x``.
+
+    Raises:
+      TypeError: if ``x`` is not floating, or an option has the wrong type.
+      ValueError: if a Python ``keep_prob`` is outside [0, 1], ``block_size`` is not positive or
+        has the wrong length, an axis is out of bounds or repeated, ``spatial_dims`` and
+        ``broadcast_dims`` overlap, or ``normalize`` is unknown.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import jaxdrop
+      >>> x = jnp.ones((8, 28, 28, 64))
+      >>> y = jaxdrop.dropblock(jax.random.key(0), x, 0.9, 7)
+      >>> y.shape, y.dtype
+      ((8, 28, 28, 64), dtype('float32'))
+      >>> bool(jnp.all((y == 0) | (y > 1)))  # kept units are rescaled
+      True
+      >>> y = jaxdrop.dropblock(jax.random.key(0), x, 0.9, 7, calibrate=True)
+      >>> round(float(jnp.mean(y != 0)), 2)
+      0.9
+
+    .. note::
+      The paper's :math:`\gamma` ignores that blocks overlap and that units near the border are
+      covered by fewer seed positions, so its real drop rate is below ``1 - keep_prob``: at
+      ``28 x 28``, block 7, keep_prob 0.9, the expected kept fraction is 0.9125, not 0.9 (at
+      ``7 x 7``, block 3: 0.9159). ``calibrate=True`` removes that gap. The default stays the
+      paper's formula, as in the reference implementations.
+
+    .. warning::
+      Seeds are only drawn where a whole block fits (as in the paper's Algorithm 1), so units
+      near the border are dropped less often than central ones; ``calibrate`` matches the
+      average rate, not the rate per position.
+
+    References:
+      Ghiasi et al, `DropBlock: A regularization method for convolutional networks
+      <https://arxiv.org/abs/1810.12890>`_, 2018
+    """
+    x = checks.as_floating_array(x)
+    checks.check_keep_prob(keep_prob)
+    spatial = checks.canonical_axes(spatial_dims, x.ndim, "spatial_dims", shape=x.shape)
+    broadcast = checks.canonical_axes(broadcast_dims, x.ndim, "broadcast_dims", shape=x.shape)
+    checks.check_disjoint(spatial, "spatial_dims", broadcast, "broadcast_dims")
+    block = checks.canonical_sizes(block_size, len(spatial), "block_size")
+    checks.check_choice(normalize, "normalize", masking.NORMALIZE_CHOICES)
+    checks.check_bool(calibrate, "calibrate")
+    # Python-only fast paths: nothing to drop. Never branch on a traced keep_prob.
+    if x.size == 0 or (checks.is_python_number(keep_prob) and keep_prob == 1.0):
+        return x
+    return _dropblock(
+        rng,
+        x,
+        keep_prob,
+        block_size=block,
+        spatial_dims=spatial,
+        broadcast_dims=tuple(sorted(broadcast)),
+        normalize=normalize,
+        calibrate=bool(calibrate),
+    )
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("block_size", "spatial_dims", "broadcast_dims", "normalize", "calibrate"),
+)
+def _dropblock(
+    rng, x, keep_prob, *, block_size, spatial_dims, broadcast_dims, normalize, calibrate
+):
+    mask_shape = tuple(1 if d in broadcast_dims else n for d, n in enumerate(x.shape))
+    make_mask = functools.partial(
+        dropblock_mask,
+        shape=mask_shape,
+        spatial_dims=spatial_dims,
+        block_size=block_size,
+        calibrate=calibrate,
+    )
+    return masking.apply_mask(make_mask, rng, x, keep_prob, normalize)
+
+
+def clipped_blocks(
+    shape: tuple[int, ...], spatial_dims: tuple[int, ...], block_size: tuple[int, ...]
+) -> tuple[int, ...]:
+    """Block sizes clipped to their axes."""
+    return tuple(min(b, shape[d]) for d, b in zip(spatial_dims, block_size, strict=True))
+
+
+def paper_gamma_factor(sizes: Sequence[int], blocks: Sequence[int]) -> float:
+    """``gamma / (1 - keep_prob)`` of the paper's equation (1), per axis."""
+    return math.prod(h / (b * (h - b + 1)) for h, b in zip(sizes, blocks, strict=True))
+
+
+def coverage_histogram(sizes: Sequence[int], blocks: Sequence[int]) -> tuple[np.ndarray, ...]:
+    """How many seed positions cover each unit: the distinct counts and their frequencies.
+
+    Along one axis of length ``h`` with block ``b``, unit ``i`` is covered by the seeds
+    ``s`` in ``[max(0, i - b + 1), min(i, h - b)]``; over several axes the counts multiply.
+    """
+    counts = np.ones((), np.int64)
+    for h, b in zip(sizes, blocks, strict=True):
+        i = np.arange(h)
+        per_axis = np.minimum(i, h - b) - np.maximum(0, i - b + 1) + 1
+        counts = np.multiply.outer(counts, per_axis)
+    values, freq = np.unique(counts, return_counts=True)
+    return values, freq / counts.size
+
+
+def expected_keep(gamma: jax.Array, values: np.ndarray, weights: np.ndarray) -> jax.Array:
+    """Expected kept fraction ``mean_i (1 - gamma) ** c_i`` for a seed probability ``gamma``."""
+    # exp(c * log1p(-gamma)) is accurate for the small gammas DropBlock uses; at gamma = 1 it is
+    # exp(-inf) = 0 exactly.
+    log_q = jnp.log1p(-gamma)
+    return jnp.sum(
+        jnp.asarray(weights, jnp.float32) * jnp.exp(jnp.asarray(values, jnp.float32) * log_q)
+    )
+
+
+def seed_probability(
+    keep_prob: jax.Array, sizes: Sequence[int], blocks: Sequence[int], calibrate: bool
+) -> jax.Array:
+    """The float32 seed probability gamma in [0, 1] for a float32 ``keep_prob`` in [0, 1]."""
+    if not calibrate:
+        gamma = jnp.clip((1.0 - keep_prob) * jnp.float32(paper_gamma_factor(sizes, blocks)), 0, 1)
+        # keep_prob = 0 drops everything, as flax.linen.Dropout at rate 1 (the formula alone
+        # would still keep about a third of the units).
+        return jnp.where(keep_prob <= 0.0, 1.0, gamma)
+    values, weights = coverage_histogram(sizes, blocks)
+
+    def bisect(_, bracket):
+        low, high = bracket
+        mid = 0.5 * (low + high)
+        too_many_kept = expected_keep(mid, values, weights) > keep_prob
+        return jnp.where(too_many_kept, mid, low), jnp.where(too_many_kept, high, mid)
+
+    # expected_keep falls monotonically from 1 (gamma = 0) to 0 (gamma = 1), so bisection on a
+    # traced keep_prob converges with a fixed number of steps and no Python branch.
+    _, gamma = lax.fori_loop(0, _CALIBRATE_STEPS, bisect, (jnp.float32(0.0), jnp.float32(1.0)))
+    # keep_prob = 1 must give exactly no seed, not the bracket's last 2**-40.
+    return jnp.where(keep_prob >= 1.0, 0.0, gamma)
+
+
+def dilate(seeds: jax.Array, axis: int, block: int) -> jax.Array:
+    """Expands each seed along ``axis``: a seed at ``s`` drops ``[s, s + block)``.
+
+    The seed axis has length ``h - block + 1``. Unit ``i`` is dropped iff a seed lies in
+    ``(i - block, i]``; padding ``block - 1`` zeros on both sides makes that the window
+    ``[i, i + block)`` of the padded axis, which has length ``h + block - 1``, so a VALID window of
+    ``block`` gives ``h`` outputs.
+    """
+    window = tuple(block if d == axis else 1 for d in range(seeds.ndim))
+    padding = tuple((block - 1, block - 1) if d == axis else (0, 0) for d in range(seeds.ndim))
+    return lax.reduce_window(seeds, False, lax.max, window, (1,) * seeds.ndim, padding)
+
+
+def dropblock_mask(
+    rng: jax.Array,
+    keep_prob: jax.Array,
+    *,
+    shape: tuple[int, ...],
+    spatial_dims: tuple[int, ...],
+    block_size: tuple[int, ...],
+    calibrate: bool,
+) -> jax.Array:
+    """Boolean keep-mask of ``shape``: ``False`` on the union of the sampled blocks."""
+    blocks = clipped_blocks(shape, spatial_dims, block_size)
+    sizes = tuple(shape[d] for d in spatial_dims)
+    gamma = seed_probability(keep_prob, sizes, blocks, calibrate)
+    seed_shape = list(shape)
+    for d, b in zip(spatial_dims, blocks, strict=True):
+        seed_shape[d] = shape[d] - b + 1
+    dropped = sampling.bernoulli_seeds(rng, gamma, tuple(seed_shape))
+    # Separable expansion: a box is the product of per-axis windows, O(b) work per unit and axis.
+    for d, b in zip(spatial_dims, blocks, strict=True):
+        dropped = dilate(dropped, d, b)
+    return ~dropped
