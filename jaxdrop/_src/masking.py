@@ -83,7 +83,7 @@ def compute_scale(mask: jax.Array, keep_prob: jax.Array, normalize: Normalize) -
 def _masked(x: jax.Array, mask: jax.Array, scale: jax.Array) -> jax.Array:
     # Multiply in at least float32: a float16 scale overflows past 65 504 (a mask that keeps one
     # unit in 10**5 is enough), and 0 * inf would then be NaN. The result has x's dtype.
-    compute = jnp.promote_types(x.dtype, jnp.float32)
+    compute = jnp.float32 if jnp.finfo(x.dtype).bits < 32 else x.dtype
     scaled = (x.astype(compute) * scale.astype(compute)).astype(x.dtype)
     return jnp.where(mask, scaled, jnp.zeros((), x.dtype))
 

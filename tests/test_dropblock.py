@@ -1,0 +1,284 @@
+"""Tests of the DropBlock function: exact structure first, statistics against exact expectations."""
+
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import jaxdrop
+from jaxdrop._src import dropblock as dropblock_src
+
+# Representative layouts (issue 2): (shape, block_size, spatial_dims).
+CASES = {
+    "nhwc-nonsquare": ((2, 9, 13, 3), 3, (-3, -2)),
+    "nhwc-even-block": ((2, 10, 7, 2), (4, 2), (-3, -2)),
+    "nhwc-oversize": ((2, 5, 11, 2), 7, (-3, -2)),
+    "nchw": ((2, 3, 8, 12), 3, (-2, -1)),
+    "1d-sequence": ((3, 40, 2), 5, (-2,)),
+    "3d-volume": ((1, 6, 7, 8, 2), 3, (-4, -3, -2)),
+}
+
+
+def _blocks(shape, block, spatial):
+    block = (block,) * len(spatial) if isinstance(block, int) else block
+    return [min(b, shape[d]) for d, b in zip(spatial, block, strict=True)]
+
+
+def _opening(zero, spatial, blocks):
+    """Union of the whole blocks [s, s + b) inside the map that lie entirely in ``zero``."""
+    spatial = [d % zero.ndim for d in spatial]
+    opened = np.zeros_like(zero)
+    ranges = [range(zero.shape[d] - b + 1) for d, b in zip(spatial, blocks, strict=True)]
+    for start in itertools.product(*ranges):
+        index = [slice(None)] * zero.ndim
+        for d, s, b in zip(spatial, start, blocks, strict=True):
+            index[d] = slice(s, s + b)
+        index = tuple(index)
+        full = np.all(zero[index], axis=tuple(spatial), keepdims=True)
+        opened[index] |= np.broadcast_to(full, opened[index].shape)
+    return opened
+
+
+def _coverage(sizes, blocks):
+    """How many seed positions cover each unit, by brute force over the seeds."""
+    cover = np.zeros(sizes, np.int64)
+    for start in itertools.product(*[range(h - b + 1) for h, b in zip(sizes, blocks, strict=True)]):
+        cover[tuple(slice(s, s + b) for s, b in zip(start, blocks, strict=True))] += 1
+    return cover
+
+
+def _paper_gamma(keep_prob, sizes, blocks):
+    return (
+        (1 - keep_prob)
+        / math.prod(blocks)
+        * math.prod(h / (h - b + 1) for h, b in zip(sizes, blocks, strict=True))
+    )
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_zero_set_is_union_of_whole_blocks_inside_map(case):
+    shape, block, spatial = CASES[case]
+    x = jax.random.uniform(jax.random.key(1), shape, minval=1.0, maxval=2.0)
+    keys = jax.random.split(jax.random.key(2), 4)
+    for k in keys:
+        y = np.asarray(jaxdrop.dropblock(k, x, 0.7, block, spatial_dims=spatial))
+        zero = y == 0
+        assert zero.any() and not zero.all()  # otherwise the test would prove nothing
+        np.testing.assert_array_equal(_opening(zero, spatial, _blocks(shape, block, spatial)), zero)
+
+
+@pytest.mark.parametrize("normalize", ["actual", "expected", "none"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_kept_values_equal_x_times_scale(key, normalize, dtype):
+    x = jax.random.normal(jax.random.key(3), (2, 12, 10, 3)).astype(dtype)
+    keep_prob = 0.8
+    y = jaxdrop.dropblock(key, x, keep_prob, 3, normalize=normalize)
+    assert y.dtype == dtype
+    y, x = np.asarray(y.astype(jnp.float32)), np.asarray(x.astype(jnp.float32))
+    kept = y != 0
+    scale = {
+        "actual": np.float32(kept.size) / np.float32(kept.sum()),
+        "expected": np.float32(1) / np.float32(keep_prob),
+        "none": np.float32(1),
+    }[normalize]
+    expected = jnp.asarray(x * scale).astype(dtype).astype(jnp.float32)
+    np.testing.assert_array_equal(y[kept], np.asarray(expected)[kept])
+    assert 0 < kept.mean() < 1
+
+
+@pytest.mark.parametrize(
+    "shape,block,spatial,calibrate",
+    [
+        ((64, 14, 10, 8), 5, (-3, -2), False),
+        ((64, 14, 10, 8), 5, (-3, -2), True),
+        ((64, 8, 30), 4, (-1,), False),
+        ((64, 8, 30), 4, (-1,), True),
+    ],
+)
+def test_drop_rate_matches_exact_expectation(key, shape, block, spatial, calibrate):
+    keep_prob = 0.8
+    blocks = _blocks(shape, block, spatial)
+    sizes = [shape[d] for d in spatial]
+    cover = _coverage(sizes, blocks)
+    if calibrate:
+        expected = keep_prob
+    else:
+        expected = np.mean((1 - _paper_gamma(keep_prob, sizes, blocks)) ** cover)
+    y = jaxdrop.dropblock(key, jnp.ones(shape), keep_prob, block, spatial_dims=spatial,
+                          calibrate=calibrate)  # fmt: skip
+    # Masks of different examples are independent draws; units inside one mask are correlated
+    # (blocks), so the band comes from the spread of the 64 per-example kept fractions: the mean
+    # of 64 independent draws lies within 5 standard errors of its expectation except with
+    # probability < 1e-6.
+    per_example = np.asarray(jnp.mean(y != 0, axis=tuple(range(1, len(shape)))))
+    stderr = per_example.std(ddof=1) / np.sqrt(len(per_example))
+    assert abs(per_example.mean() - expected) < 5 * stderr
+    if not calibrate:  # the paper's formula really drops less than asked for
+        assert expected > keep_prob + 0.01
+
+
+def test_paper_gamma_keeps_more_than_asked_and_calibrate_solves_it():
+    # Exact property of the solver: the calibrated gamma gives exactly keep_prob in expectation.
+    for sizes, blocks in [((28, 28), (7, 7)), ((7, 7), (3, 3)), ((9, 13), (4, 2)), ((40,), (5,))]:
+        cover = _coverage(sizes, blocks)
+        for keep_prob in (0.5, 0.9, 0.95):
+            gamma = dropblock_src.seed_probability(jnp.float32(keep_prob), sizes, blocks, True)
+            np.testing.assert_allclose(np.mean((1 - float(gamma)) ** cover), keep_prob, rtol=1e-5)
+            paper = _paper_gamma(keep_prob, sizes, blocks)
+            assert float(gamma) > paper
+
+
+def test_broadcast_dims_share_the_mask(key):
+    x = jnp.ones((4, 16, 16, 5))
+    y = np.asarray(jaxdrop.dropblock(key, x, 0.7, 3, broadcast_dims=(-1,))) == 0
+    np.testing.assert_array_equal(y, np.broadcast_to(y[..., :1], y.shape))
+    assert not np.array_equal(y[0], y[1])
+    y = np.asarray(jaxdrop.dropblock(key, x, 0.7, 3, broadcast_dims=(0,))) == 0
+    np.testing.assert_array_equal(y, np.broadcast_to(y[:1], y.shape))
+    assert not np.array_equal(y[..., 0], y[..., 1])
+
+
+def test_masks_are_independent_per_example_and_channel(key):
+    y = np.asarray(jaxdrop.dropblock(key, jnp.ones((8, 16, 16, 8)), 0.7, 3)) == 0
+    maps = y.transpose(0, 3, 1, 2).reshape(64, -1)
+    # 64 maps of 256 units, each about 30% dropped: two equal maps would be a shared mask.
+    assert len({m.tobytes() for m in maps}) == 64
+    # Independence across maps: the fraction of units dropped in both of two different maps is
+    # p_drop ** 2 up to noise (a shared or correlated mask gives p_drop).
+    p = maps.mean()
+    both = (maps[:, None, :] & maps[None, :, :]).mean(axis=-1)[~np.eye(64, dtype=bool)].mean()
+    assert abs(both - p**2) < 0.25 * p * (1 - p)
+
+
+@pytest.mark.parametrize(
+    "keep_prob,calibrate,normalize",
+    [
+        (1.0, False, "actual"),
+        (1.0, True, "expected"),
+        (1.0, False, "none"),
+        (0.0, True, "actual"),
+        (0.0, False, "actual"),
+        (0.0, False, "expected"),
+        (0.0, True, "none"),
+    ],
+)
+def test_keep_prob_edges_python_and_traced(key, keep_prob, calibrate, normalize):
+    x = jax.random.normal(key, (2, 9, 9, 2))
+    kw = dict(normalize=normalize, calibrate=calibrate)
+    eager = jaxdrop.dropblock(key, x, keep_prob, 3, **kw)
+    traced = jax.jit(lambda k, x, p: jaxdrop.dropblock(k, x, p, 3, **kw))(key, x, keep_prob)
+    want = x if keep_prob == 1.0 else jnp.zeros_like(x)
+    np.testing.assert_array_equal(eager, want)
+    np.testing.assert_array_equal(traced, want)
+    grad = jax.grad(lambda x: jaxdrop.dropblock(key, x, jnp.float32(keep_prob), 3, **kw).sum())(x)
+    assert np.all(np.isfinite(grad))
+    np.testing.assert_array_equal(grad, jnp.full_like(x, keep_prob))
+
+
+def test_traced_keep_prob_outside_unit_interval_is_clipped(key):
+    x = jnp.ones((2, 9, 9, 2))
+    f = jax.jit(lambda p: jaxdrop.dropblock(key, x, p, 3))
+    np.testing.assert_array_equal(f(1.5), x)
+    np.testing.assert_array_equal(f(-0.5), jnp.zeros_like(x))
+
+
+@pytest.mark.parametrize("make_key", [jax.random.key, jax.random.PRNGKey])
+def test_pure_jit_and_both_key_types(make_key):
+    x = jax.random.normal(jax.random.key(4), (2, 12, 12, 3))
+    k = make_key(7)
+    eager = jaxdrop.dropblock(k, x, 0.8, 3)
+    np.testing.assert_array_equal(eager, jaxdrop.dropblock(k, x, 0.8, 3))
+    np.testing.assert_array_equal(
+        eager, jax.jit(lambda k, x: jaxdrop.dropblock(k, x, 0.8, 3))(k, x)
+    )
+    assert not np.array_equal(eager, jaxdrop.dropblock(make_key(8), x, 0.8, 3))
+
+
+def test_vmap_matches_per_example_loop():
+    keys = jax.random.split(jax.random.key(5), 3)
+    xs = jax.random.normal(jax.random.key(6), (3, 10, 10, 2))
+    f = lambda k, x: jaxdrop.dropblock(k, x, 0.7, 3, normalize="expected")  # noqa: E731
+    batched = jax.vmap(f)(keys, xs)
+    for i in range(3):
+        np.testing.assert_array_equal(batched[i], f(keys[i], xs[i]))
+
+
+def test_gradients(key):
+    x = jax.random.normal(key, (2, 8, 8, 2))
+    for normalize in ("actual", "expected"):
+        f = lambda x, n=normalize: jaxdrop.dropblock(key, x, 0.7, 3, normalize=n)  # noqa: E731
+        check_grads(f, (x,), order=1, modes=["rev"])
+        # Linear in x: the gradient of sum(y) is the mask times the scale.
+        y, grad = f(x), jax.grad(lambda x, f=f: f(x).sum())(x)
+        np.testing.assert_allclose(grad * x, y, rtol=1e-6)
+    # keep_prob receives no gradient.
+    g = jax.grad(lambda p: jaxdrop.dropblock(key, x, p, 3, normalize="expected").sum())(0.7)
+    assert float(g) == 0.0
+
+
+def test_changing_keep_prob_does_not_retrace(key):
+    x = jnp.ones((2, 11, 11, 2))
+    before = dropblock_src._dropblock._cache_size()
+    for p in (0.5, 0.6, 0.7, 0.8, 0.9):
+        jaxdrop.dropblock(key, x, p, 3)
+    assert dropblock_src._dropblock._cache_size() == before + 1
+    traces = 0
+
+    @jax.jit
+    def step(p):
+        nonlocal traces
+        traces += 1
+        return jaxdrop.dropblock(key, x, p, 3)
+
+    for p in (0.5, 0.6, 0.7):
+        step(jnp.float32(p))
+    assert traces == 1
+
+
+def test_float16_count_does_not_overflow(key):
+    # 400 000 units: a float16 sum of the mask would overflow at 65 504 and zero the output.
+    x = jnp.ones((4, 100, 100, 10), jnp.float16)
+    y = jaxdrop.dropblock(key, x, 0.9, 5)
+    kept = np.asarray(y != 0)
+    assert y.dtype == jnp.float16 and np.all(np.isfinite(np.asarray(y, np.float32)))
+    np.testing.assert_allclose(np.asarray(y, np.float32)[kept], kept.size / kept.sum(), rtol=1e-3)
+
+
+def test_zero_size_and_identity_fast_paths(key):
+    x = jnp.ones((0, 8, 8, 3))
+    assert jaxdrop.dropblock(key, x, 0.5, 3).shape == x.shape
+    x = jnp.ones((2, 0, 8, 3))
+    assert jaxdrop.dropblock(key, x, 0.5, 3).shape == x.shape
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (dict(keep_prob=1.5), ValueError, "`keep_prob` must be in \\[0, 1\\], got 1.5"),
+        (dict(keep_prob=-0.1), ValueError, "`keep_prob`"),
+        (dict(keep_prob=float("nan")), ValueError, "`keep_prob`"),
+        (dict(keep_prob="0.9"), TypeError, "`keep_prob`"),
+        (dict(keep_prob=jnp.ones(2)), ValueError, "`keep_prob` must be a scalar"),
+        (dict(block_size=0), ValueError, "`block_size` must be positive"),
+        (dict(block_size=2.5), TypeError, "`block_size`"),
+        (dict(block_size=(3, 3, 3)), ValueError, "`block_size`.*one entry per spatial dim"),
+        (dict(spatial_dims=(1, 4)), ValueError, "`spatial_dims`: axis 4 is out of bounds"),
+        (dict(spatial_dims=(1, -3)), ValueError, "`spatial_dims` must not repeat"),
+        (dict(broadcast_dims=(1,)), ValueError, "`spatial_dims` and `broadcast_dims`"),
+        (dict(broadcast_dims=(7,)), ValueError, "`broadcast_dims`: axis 7"),
+        (dict(normalize="mean"), ValueError, "`normalize` must be one of"),
+        (dict(calibrate="yes"), TypeError, "`calibrate` must be a bool"),
+        (dict(x=jnp.ones((4, 4), jnp.float32)), ValueError, "`spatial_dims`: axis -3 .*shape"),
+        (dict(x=jnp.ones((2, 4, 4, 1), jnp.int32)), TypeError, "`x` must have a floating dtype"),
+        (dict(x=[[1.0]]), TypeError, "`x` must be an array"),
+    ],
+)
+def test_bad_input(key, kwargs, error, match):
+    args = dict(x=jnp.ones((2, 8, 8, 3)), keep_prob=0.9, block_size=3)
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        jaxdrop.dropblock(key, args.pop("x"), args.pop("keep_prob"), args.pop("block_size"), **args)
