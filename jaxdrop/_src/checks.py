@@ -112,3 +112,33 @@ def check_bool(value: object, name: str) -> None:
     """Raises ``TypeError`` unless ``value`` is a Python bool (a static option)."""
     if not isinstance(value, bool | np.bool_):
         raise TypeError(f"`{name}` must be a bool, got {value!r}.")
+
+
+def canonical_axis(axis: int, ndim: int, name: str, *, shape: tuple[int, ...] | None = None) -> int:
+    """Normalises a single ``axis`` to a non-negative int."""
+    if not isinstance(axis, numbers.Integral) or isinstance(axis, bool):
+        raise TypeError(f"`{name}` must be an int, got {axis!r}.")
+    return canonical_axes(axis, ndim, name, shape=shape)[0]
+
+
+def check_nonempty_axes(axes: tuple[int, ...], name: str, hint: str = "") -> None:
+    """Raises ``ValueError`` if a canonical axis tuple is empty."""
+    if not axes:
+        raise ValueError(f"`{name}` must name at least one axis, got (){hint}.")
+
+
+def check_count(value: object, name: str, minimum: int = 0) -> int:
+    """Returns ``value`` as an int, raising unless it is an int of at least ``minimum``."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise TypeError(f"`{name}` must be an int, got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be at least {minimum}, got {value!r}.")
+    return int(value)
+
+
+def check_python_keep_prob(keep_prob: object, name: str) -> float:
+    """A ``keep_prob`` that must be a Python number in [0, 1] (a static configuration value)."""
+    if not is_python_number(keep_prob):
+        raise TypeError(f"`{name}` must be a Python float, got {type(keep_prob).__name__}.")
+    check_keep_prob(keep_prob, name)
+    return float(keep_prob)

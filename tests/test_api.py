@@ -1,0 +1,115 @@
+"""The public API follows one signature convention, checked on every public function (as dm-pix).
+
+- A function that takes a PRNG key takes it first, positionally, as ``rng``; then the data
+  (``x``, or ``params`` for DropConnect), positionally; then the required hyperparameters.
+- Every parameter with a default, in every public function, is keyword-only.
+- The modules' fields and constructor arguments come in the order of their function's arguments,
+  with the same names and defaults.
+"""
+
+import dataclasses
+import inspect
+
+import pytest
+
+import jaxdrop
+
+P = inspect.Parameter
+POSITIONAL = (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD)
+
+FUNCTIONS = [
+    name
+    for name in jaxdrop.__all__
+    if inspect.isfunction(getattr(jaxdrop, name)) and not name.startswith("_")
+]
+# A function is key-taking iff its first parameter is `rng` (schedules and helpers over depth
+# take no key); the stochastic family must all be key-taking, so the rule is not vacuous.
+KEYED = [
+    name
+    for name in FUNCTIONS
+    if list(inspect.signature(getattr(jaxdrop, name)).parameters)[:1] == ["rng"]
+]
+FAMILY = ["dropout", "spatial_dropout", "dropblock", "drop_path", "cutout", "dropconnect"]
+MODULES = ["Dropout", "SpatialDropout", "DropBlock", "DropPath", "Cutout", "DropConnect"]
+# Module name -> function name.
+MODULE_FUNCTION = dict(zip(MODULES, FAMILY, strict=True))
+# The wrapper's own arguments, after the function's.
+WRAPPER_ARGS = ("deterministic", "rng_collection")
+
+
+def test_public_api():
+    assert set(FAMILY) | {"drop_path_keep_probs", "linen", "nnx"} <= set(jaxdrop.__all__)
+    assert set(FAMILY) <= set(KEYED)
+    assert sorted(jaxdrop.linen.__all__) == sorted(MODULES)
+    assert sorted(jaxdrop.nnx.__all__) == sorted(MODULES)
+    for module in (jaxdrop, jaxdrop.linen, jaxdrop.nnx):
+        for name in module.__all__:
+            assert hasattr(module, name), name
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_options_with_defaults_are_keyword_only(name):
+    for param in inspect.signature(getattr(jaxdrop, name)).parameters.values():
+        assert param.kind != P.VAR_POSITIONAL, f"{name}: no *args in a public function"
+        if param.default is not P.empty:
+            assert param.kind == P.KEYWORD_ONLY, f"{name}: option `{param.name}` is positional"
+        elif param.kind != P.KEYWORD_ONLY:
+            assert param.kind in POSITIONAL
+
+
+@pytest.mark.parametrize("name", KEYED)
+def test_key_first_then_data(name):
+    fn = getattr(jaxdrop, name)
+    params = list(inspect.signature(fn).parameters.values())
+    rng, data = params[0], params[1]
+    assert rng.name == "rng" and rng.kind in POSITIONAL and rng.default is P.empty
+    assert data.name in ("x", "params") and data.kind in POSITIONAL and data.default is P.empty
+    if "keep_prob" in [p.name for p in params]:
+        assert params[2].name == "keep_prob", f"{name}: keep_prob comes right after the data"
+    assert inspect.signature(fn).return_annotation is not P.empty
+
+
+def _function_args(module_name):
+    """The function's arguments after the key, with the data renamed as the module calls it."""
+    fn = getattr(jaxdrop, MODULE_FUNCTION[module_name])
+    params = list(inspect.signature(fn).parameters.values())[1:]
+    if module_name == "DropConnect":
+        # DropConnect wraps a layer instead of taking a parameter tree.
+        return [("layer", P.empty)] + [(p.name, p.default) for p in params[1:]]
+    return [(p.name, p.default) for p in params[1:]]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_linen_fields_follow_the_function(name):
+    cls = getattr(jaxdrop.linen, name)
+    fields = [
+        (f.name, P.empty if f.default is dataclasses.MISSING else f.default)
+        for f in dataclasses.fields(cls)
+        if f.name not in ("parent", "name")
+    ]
+    assert [n for n, _ in fields[-2:]] == list(WRAPPER_ARGS)
+    assert fields[:-2] == _function_args(name)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_nnx_arguments_follow_the_function(name):
+    cls = getattr(jaxdrop.nnx, name)
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    assert [p.name for p in params[-3:]] == [*WRAPPER_ARGS, "rngs"]
+    args = params[:-3]
+    assert [(p.name, p.default) for p in args] == _function_args(name)
+    for p in args:
+        # Required arguments positional, options keyword-only, as in the function.
+        assert (p.kind == P.KEYWORD_ONLY) == (p.default is not P.empty), f"{name}.{p.name}"
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_call_time_overrides(name):
+    """Every module with a keep_prob takes a call-time `keep_prob=` (a traced schedule value)."""
+    has_keep_prob = "keep_prob" in [n for n, _ in _function_args(name)]
+    for cls in (getattr(jaxdrop.linen, name), getattr(jaxdrop.nnx, name)):
+        call = inspect.signature(cls.__call__).parameters
+        assert ("keep_prob" in call) == has_keep_prob
+        if has_keep_prob:
+            assert call["keep_prob"].kind == P.KEYWORD_ONLY
+        assert call["deterministic"].default is None
