@@ -10,12 +10,12 @@ the key. So no array of ``x``'s size (the mask) stays alive between forward and 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 Normalize = Literal["actual", "expected", "none"]
@@ -25,46 +25,80 @@ MaskFn = Callable[[jax.Array, jax.Array], jax.Array]
 # Partial sums are taken over at most this many int32 values below 2**16, so they stay below 2**31.
 _CHUNK = 2**15
 _INT32_LIMIT = 2**31
+# The first level of count_true sums along one axis: in int8 up to 127 entries (longer axes are
+# split into rows of a divisor of their length, when one of at least _MIN_SPLIT exists), else in
+# int16 or int32. Long 1-D masks are split into rows of _ROW_1D.
+_ROW_INT8 = 127
+_ROW_INT16 = 2**14
+_MIN_SPLIT = 8
+_ROW_1D = 64
 
 
-def _exact_sum_small(values: jax.Array) -> jax.Array:
-    """Sum of int32 ``values`` in [0, 2**16), exact in int32 pieces, returned as float32."""
+def _split_sum_small(values: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Exact sum of int32 ``values`` in [0, 2**16) as int32 ``(high, low)``: high * 2**16 + low."""
     values = values.ravel()
     if values.size <= _CHUNK:
-        return jnp.sum(values, dtype=jnp.int32).astype(jnp.float32)
+        total = jnp.sum(values, dtype=jnp.int32)  # At most 2**15 values below 2**16: < 2**31.
+        return total >> 16, total & 0xFFFF
     pad = (-values.size) % _CHUNK
-    partial = jnp.pad(values, (0, pad)).reshape(-1, _CHUNK).sum(axis=1, dtype=jnp.int32)
-    return _exact_sum(partial)
+    return _split_sum(jnp.pad(values, (0, pad)).reshape(-1, _CHUNK).sum(axis=1, dtype=jnp.int32))
 
 
-def _exact_sum(values: jax.Array) -> jax.Array:
-    """Sum of int32 ``values`` in [0, 2**31): split into 16-bit halves so no int32 sum overflows."""
-    low = _exact_sum_small(values & 0xFFFF)
-    high = _exact_sum_small(values >> 16)
-    return low + jnp.float32(2**16) * high
+def _split_sum(values: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Exact sum of int32 ``values`` in [0, 2**31) as int32 ``(high, low)``, low in [0, 2**16).
+
+    Each value is split into 16-bit halves so that no int32 sum overflows; exact for totals below
+    2**47.
+    """
+    low_high, low_low = _split_sum_small(values & 0xFFFF)
+    high_high, high_low = _split_sum_small(values >> 16)
+    # low + 2**16 * high, with high = high_high * 2**16 + high_low.
+    return low_high + high_low + (high_high << 16), low_low
 
 
 def count_true(mask: jax.Array) -> jax.Array:
     """Number of ``True`` entries of ``mask`` as float32, counted exactly in integers.
 
     A float16 sum overflows at 65 504 and a float32 sum stops being exact past 2**24, so counts are
-    int32 sums over pieces of fewer than 2**31 entries, combined without overflow for any size;
-    only the final total is rounded to float32.
+    integer sums, combined without overflow for any size; only the final total is rounded to
+    float32, once (correctly rounded below 2**40 entries).
     """
+    if mask.ndim < 2:
+        if mask.size <= _ROW_INT16:
+            return jnp.sum(mask, dtype=jnp.int32).astype(jnp.float32)
+        # Split (never merge) a long 1-D mask into rows, padded with False.
+        mask = jnp.pad(mask.reshape(-1), (0, (-mask.size) % _ROW_1D)).reshape(-1, _ROW_1D)
+        axis = 1
+    else:
+        axis = mask.ndim - 2
+    # First level: a reduction over one axis in a narrow integer type. Speed: XLA:CPU fuses it
+    # with the mask's producer, where a single int32 sum over the whole mask (or an int16 / int32
+    # first level) first writes the mask out as int32 (4 bytes a unit) and is several times
+    # slower. Sharding: it reduces the second-to-last axis, which is spatial in every default
+    # layout (W of NHWC, H of NCHW, L of NLC), and merges no axes. Reducing a sharded axis first
+    # (the channels of a tensor-parallel NHWC mask) would all-reduce the partial row sums, and
+    # flattening the mask would all-gather it (tests/test_sharding.py); this way the only
+    # communication is the scalar all-reduce of the total.
+    length = mask.shape[axis]
+    if length > _ROW_INT8:
+        # Split (never merge) a long axis into (length / row, row) and sum the rows in int8.
+        row = max(d for d in range(1, _ROW_INT8 + 1) if length % d == 0)
+        if row >= _MIN_SPLIT:
+            mask = mask.reshape(mask.shape[:axis] + (length // row, row) + mask.shape[axis + 1 :])
+            axis, length = axis + 1, row
+    dtype = jnp.int8 if length <= _ROW_INT8 else jnp.int16 if length <= _ROW_INT16 else jnp.int32
+    rows = jnp.sum(mask, axis=axis, dtype=dtype).astype(jnp.int32)  # Each at most `length`.
     if mask.size < _INT32_LIMIT:
-        return jnp.sum(mask, dtype=jnp.int32).astype(jnp.float32)
-    # Sum the trailing axes that hold fewer than 2**31 entries in int32, then combine the partial
-    # sums exactly. Every jaxdrop mask has a spatial axis, so a trailing block that small exists
-    # unless a single axis is longer than 2**31, which we flatten and chunk instead.
-    split = mask.ndim
-    while split > 0 and np.prod(mask.shape[split - 1 :]) < _INT32_LIMIT:
+        return jnp.sum(rows, dtype=jnp.int32).astype(jnp.float32)
+    # Past 2**31 entries: sum the trailing axes of the rows while the partial sums stay below
+    # 2**31 (again a reduction, no reshape), then combine the partial sums exactly.
+    split = rows.ndim
+    while split > 0 and math.prod(rows.shape[split - 1 :]) * length < _INT32_LIMIT:
         split -= 1
-    if split == mask.ndim:
-        mask = mask.ravel()
-        pad = (-mask.size) % _CHUNK
-        mask, split = jnp.pad(mask, (0, pad)).reshape(-1, _CHUNK), 1
-    partial = jnp.sum(mask, axis=tuple(range(split, mask.ndim)), dtype=jnp.int32)
-    return _exact_sum(partial)
+    partial = jnp.sum(rows, axis=tuple(range(split, rows.ndim)), dtype=jnp.int32)
+    high, low = _split_sum(partial)
+    # high < 2**24 below 2**40 entries, so high * 2**16 is exact and the sum rounds once.
+    return high.astype(jnp.float32) * jnp.float32(2**16) + low.astype(jnp.float32)
 
 
 def compute_scale(mask: jax.Array, keep_prob: jax.Array, normalize: Normalize) -> jax.Array:
@@ -95,10 +129,14 @@ def _apply(make_mask: MaskFn, rng, x, keep_prob, normalize):
 
 
 def _apply_fwd(make_mask, rng, x, keep_prob, normalize):
+    # The backward pass draws the same mask from the same key again, on purpose. A clone (the
+    # identity outside key-reuse checking) tells `jax.debug_key_reuse` that this second use is
+    # deliberate, so a gradient step does not raise KeyReuseError.
+    saved_rng = jax.random.clone(rng)
     mask = make_mask(rng, keep_prob)
     scale = compute_scale(mask, keep_prob, normalize)
     # Residuals are the key, keep_prob and one scalar: nothing of x's size.
-    return _masked(x, mask, scale), (rng, keep_prob, scale)
+    return _masked(x, mask, scale), (saved_rng, keep_prob, scale)
 
 
 def _apply_bwd(make_mask, normalize, residuals, g):

@@ -1,0 +1,164 @@
+"""Slow, deliberately simple NumPy references for jaxdrop, written independently of the library.
+
+Everything here loops over seeds, patches or units in plain Python and NumPy, so that it is easy
+to check by reading. The property tests draw the random part (seed grid, Bernoulli mask, patch
+centres) the same way the implementation does, build the expected output here, and compare
+exactly.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+# ---------------------------------------------------------------------------------------------
+# DropBlock
+# ---------------------------------------------------------------------------------------------
+
+
+def clip_blocks(sizes: Sequence[int], blocks: Sequence[int]) -> tuple[int, ...]:
+    """A block larger than its axis is clipped to the axis length."""
+    return tuple(min(b, h) for h, b in zip(sizes, blocks, strict=True))
+
+
+def paper_gamma(keep_prob: float, sizes: Sequence[int], blocks: Sequence[int]) -> float:
+    """Equation (1) of the paper, generalised per axis, clipped to [0, 1]; 1 at keep_prob 0."""
+    if keep_prob <= 0.0:
+        return 1.0
+    gamma = (1.0 - keep_prob) * math.prod(sizes) / math.prod(blocks)
+    gamma /= math.prod(h - b + 1 for h, b in zip(sizes, blocks, strict=True))
+    return min(max(gamma, 0.0), 1.0)
+
+
+def coverage(sizes: Sequence[int], blocks: Sequence[int]) -> np.ndarray:
+    """How many seed positions cover each unit of a map, by painting every block once."""
+    counts = np.zeros(tuple(sizes), np.int64)
+    seed_ranges = [range(h - b + 1) for h, b in zip(sizes, blocks, strict=True)]
+    for seed in itertools.product(*seed_ranges):
+        counts[tuple(slice(s, s + b) for s, b in zip(seed, blocks, strict=True))] += 1
+    return counts
+
+
+def expected_keep_map(gamma: float, sizes: Sequence[int], blocks: Sequence[int]) -> np.ndarray:
+    """Probability that each unit of a map is kept: no covering seed fires."""
+    return (1.0 - gamma) ** coverage(sizes, blocks).astype(np.float64)
+
+
+def dropblock_keep(
+    seeds: np.ndarray, spatial_dims: Sequence[int], blocks: Sequence[int]
+) -> np.ndarray:
+    """Keep-mask from a boolean seed grid: a seed at ``s`` drops ``[s, s + b)`` on each axis.
+
+    The seed grid has ``H - b + 1`` positions along each spatial axis (seeds only where a whole
+    block fits), so the mask has ``H`` there.
+    """
+    shape = list(seeds.shape)
+    block_of = dict(zip(spatial_dims, blocks, strict=True))
+    for d, b in block_of.items():
+        shape[d] += b - 1
+    keep = np.ones(shape, bool)
+    for position in zip(*np.nonzero(seeds), strict=True):
+        index = tuple(
+            slice(p, p + block_of[d]) if d in block_of else p for d, p in enumerate(position)
+        )
+        keep[index] = False
+    return keep
+
+
+def is_union_of_full_blocks(
+    dropped: np.ndarray, spatial_dims: Sequence[int], blocks: Sequence[int]
+) -> bool:
+    """True iff every dropped unit lies in a full block, inside the map, that is all dropped.
+
+    A morphological opening: find every position whose whole block is dropped, paint those
+    blocks again, and compare with the dropped set.
+    """
+    block_of = dict(zip(spatial_dims, blocks, strict=True))
+    seed_shape = [n - block_of.get(d, 1) + 1 for d, n in enumerate(dropped.shape)]
+    fits = np.zeros(seed_shape, bool)
+    for position in itertools.product(*map(range, seed_shape)):
+        index = tuple(
+            slice(p, p + block_of[d]) if d in block_of else p for d, p in enumerate(position)
+        )
+        fits[position] = dropped[index].all()
+    return bool(np.array_equal(~dropblock_keep(fits, spatial_dims, blocks), dropped))
+
+
+# ---------------------------------------------------------------------------------------------
+# Cutout
+# ---------------------------------------------------------------------------------------------
+
+
+def cutout_covered(
+    centres: np.ndarray, shape: Sequence[int], spatial_dims: Sequence[int], sizes: Sequence[int]
+) -> np.ndarray:
+    """Boolean array of ``shape``, True on the in-image part of every patch, by loops.
+
+    ``centres`` has shape ``(num_patches, examples, len(spatial_dims))``; the examples are axis 0
+    unless axis 0 is spatial (a single image). A patch of side ``s`` centred at ``c`` covers
+    ``[c - s // 2, c - s // 2 + s)``, cut by the border.
+    """
+    covered = np.zeros(tuple(shape), bool)
+    batched = 0 not in spatial_dims
+    for patch in centres:
+        for n, centre in enumerate(patch):
+            index: list[object] = [slice(None)] * len(shape)
+            if batched:
+                index[0] = n
+            for d, c, s in zip(spatial_dims, centre, sizes, strict=True):
+                start = int(c) - s // 2
+                index[d] = slice(max(start, 0), max(start + s, 0))
+            covered[tuple(index)] = True
+    return covered
+
+
+def cutout_cover_probability(height: int, size: int) -> np.ndarray:
+    """Per position along one axis: the fraction of the ``height`` centres whose patch covers it."""
+    prob = np.zeros(height)
+    for c in range(height):
+        start = c - size // 2
+        prob[max(start, 0) : max(start + size, 0)] += 1.0 / height
+    return prob
+
+
+# ---------------------------------------------------------------------------------------------
+# Scaling and masking
+# ---------------------------------------------------------------------------------------------
+
+
+def actual_scale(keep: np.ndarray) -> np.float32:
+    """``size / kept`` with both counted in int64, rounded once to float32; 0 if nothing kept."""
+    total = np.int64(keep.size)
+    kept = np.int64(np.count_nonzero(keep))
+    if kept == 0:
+        return np.float32(0.0)
+    # The library divides float32(total) by float32(kept); below 2**24 both are exact and a
+    # float64 quotient rounded to float32 is the correctly rounded float32 quotient.
+    return np.float32(np.float32(total) / np.float32(kept))
+
+
+def expected_scale(keep_prob: float) -> np.float32:
+    """``1 / keep_prob`` in float32, 0 when everything is dropped."""
+    keep_prob = np.float32(min(max(keep_prob, 0.0), 1.0))
+    return np.float32(0.0) if keep_prob == 0 else np.float32(1.0) / keep_prob
+
+
+def apply_keep(x: np.ndarray, keep: np.ndarray, scale: np.float32) -> np.ndarray:
+    """Kept units times ``scale`` (multiplied in float32 at least, cast back), others exactly 0."""
+    compute = np.promote_types(x.dtype, np.float32)
+    out = np.zeros_like(x)
+    keep = np.broadcast_to(keep, x.shape)
+    out[keep] = (x[keep].astype(compute) * scale.astype(compute)).astype(x.dtype)
+    return out
+
+
+def same(a: np.ndarray, b: np.ndarray) -> bool:
+    """Exact equality of two arrays of the same dtype, NaN equal to NaN."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    af, bf = a.astype(np.float64), b.astype(np.float64)
+    return bool(np.all((af == bf) | (np.isnan(af) & np.isnan(bf))))
