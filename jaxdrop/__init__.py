@@ -4,8 +4,28 @@ import importlib.metadata
 
 from jaxdrop import linen as linen
 from jaxdrop import nnx as nnx
+from jaxdrop._src.cutout import cutout as cutout
+from jaxdrop._src.drop_path import drop_path as drop_path
+from jaxdrop._src.drop_path import drop_path_keep_probs as drop_path_keep_probs
 from jaxdrop._src.dropblock import dropblock as dropblock
+from jaxdrop._src.dropconnect import dropconnect as dropconnect
+from jaxdrop._src.dropout import dropout as dropout
+from jaxdrop._src.plotting import plot_masks as plot_masks
+from jaxdrop._src.schedules import layer_keep_probs as layer_keep_probs
+from jaxdrop._src.spatial_dropout import spatial_dropout as spatial_dropout
 
 __version__ = importlib.metadata.version("jaxdrop")
 
-__all__ = ["dropblock", "linen", "nnx"]
+__all__ = [
+    "cutout",
+    "drop_path",
+    "drop_path_keep_probs",
+    "dropblock",
+    "dropconnect",
+    "dropout",
+    "layer_keep_probs",
+    "linen",
+    "nnx",
+    "plot_masks",
+    "spatial_dropout",
+]

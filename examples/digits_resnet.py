@@ -1,0 +1,168 @@
+"""A small ResNet with regularisers placed as the DropBlock paper places them, in linen and NNX.
+
+Four groups of one basic block each. As in the authors' ResNet code, the regulariser (DropBlock,
+or dropout / SpatialDropout for comparison) follows every convolution (after its batch norm) and
+the skip connection of the blocks in groups 3 and 4. The per-group keep probabilities come in at
+call time, as a length-2 array (group 3, group 4) that may be traced: a schedule's value changes
+every step without a retrace.
+
+With a 16 x 16 input and strides (1, 2, 1, 2), group 3 works on 8 x 8 maps and group 4 on 4 x 4,
+so a 3 x 3 block removes a region of each map rather than a unit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+import jaxdrop
+
+WIDTHS = (16, 32, 48, 64)
+STRIDES = (1, 2, 1, 2)
+# Groups that get a regulariser (0-based: groups 3 and 4 of the paper).
+REGULARISED = (2, 3)
+# Regularisers: "none", "dropout", "spatial_dropout" or "dropblock".
+KINDS = ("none", "dropout", "spatial_dropout", "dropblock")
+
+
+# --- linen ------------------------------------------------------------------------------------
+
+
+def linen_regulariser(kind: str, block_size: int, calibrate: bool) -> nn.Module:
+    # keep_prob=1.0 is a placeholder: the value always comes at call time.
+    if kind == "dropout":
+        return jaxdrop.linen.Dropout(keep_prob=1.0)
+    if kind == "spatial_dropout":
+        return jaxdrop.linen.SpatialDropout(keep_prob=1.0)
+    if kind == "dropblock":
+        return jaxdrop.linen.DropBlock(keep_prob=1.0, block_size=block_size, calibrate=calibrate)
+    raise ValueError(f"`kind` must be one of {KINDS[1:]}, got {kind!r}.")
+
+
+class LinenBlock(nn.Module):
+    features: int
+    strides: int
+    kind: str
+    block_size: int
+    calibrate: bool
+
+    @nn.compact
+    def __call__(self, x, keep_prob: jax.Array | None, train: bool):
+        def drop(y):
+            if keep_prob is None or self.kind == "none":
+                return y
+            layer = linen_regulariser(self.kind, self.block_size, self.calibrate)
+            return layer(y, deterministic=not train, keep_prob=keep_prob)
+
+        norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9)  # noqa: E731
+        shortcut = x
+        if x.shape[-1] != self.features or self.strides != 1:
+            shortcut = nn.Conv(self.features, (1, 1), self.strides, use_bias=False)(x)
+            shortcut = norm()(shortcut)
+        shortcut = drop(shortcut)
+        y = nn.Conv(self.features, (3, 3), self.strides, use_bias=False)(x)
+        y = drop(nn.relu(norm()(y)))
+        y = nn.Conv(self.features, (3, 3), use_bias=False)(y)
+        y = drop(norm()(y))
+        return nn.relu(y + shortcut)
+
+
+class LinenResNet(nn.Module):
+    num_classes: int
+    kind: str = "none"
+    block_size: int = 3
+    calibrate: bool = False
+
+    @nn.compact
+    def __call__(self, x, keep_probs: jax.Array, train: bool):
+        x = nn.Conv(WIDTHS[0], (3, 3), use_bias=False)(x)
+        x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
+        for g, (width, stride) in enumerate(zip(WIDTHS, STRIDES, strict=True)):
+            if g == REGULARISED[0]:
+                # The maps DropBlock sees first, kept for the feature-map figure.
+                self.sow("intermediates", "group3_input", x)
+            keep_prob = keep_probs[REGULARISED.index(g)] if g in REGULARISED else None
+            block = LinenBlock(width, stride, self.kind, self.block_size, self.calibrate)
+            x = block(x, keep_prob, train)
+        return nn.Dense(self.num_classes)(jnp.mean(x, axis=(1, 2)))
+
+
+# --- NNX --------------------------------------------------------------------------------------
+
+
+def nnx_regulariser(kind: str, block_size: int, calibrate: bool, rngs: nnx.Rngs) -> nnx.Module:
+    if kind == "dropout":
+        return jaxdrop.nnx.Dropout(1.0, rngs=rngs)
+    if kind == "spatial_dropout":
+        return jaxdrop.nnx.SpatialDropout(1.0, rngs=rngs)
+    if kind == "dropblock":
+        return jaxdrop.nnx.DropBlock(1.0, block_size, calibrate=calibrate, rngs=rngs)
+    raise ValueError(f"`kind` must be one of {KINDS[1:]}, got {kind!r}.")
+
+
+class NnxBlock(nnx.Module):
+    def __init__(self, cin, features, strides, kind, block_size, calibrate, regularised, rngs):
+        conv = lambda i, o, k, s=1: nnx.Conv(  # noqa: E731
+            i, o, (k, k), strides=s, use_bias=False, rngs=rngs
+        )
+        norm = lambda n: nnx.BatchNorm(n, momentum=0.9, rngs=rngs)  # noqa: E731
+        self.project = cin != features or strides != 1
+        if self.project:
+            self.short_conv, self.short_norm = conv(cin, features, 1, strides), norm(features)
+        self.conv1, self.norm1 = conv(cin, features, 3, strides), norm(features)
+        self.conv2, self.norm2 = conv(features, features, 3), norm(features)
+        use = regularised and kind != "none"
+        make: Callable[[], nnx.Module | None] = lambda: (  # noqa: E731
+            nnx_regulariser(kind, block_size, calibrate, rngs) if use else None
+        )
+        self.drops = nnx.List([make() for _ in range(3)])
+
+    def __call__(self, x, keep_prob):
+        def drop(i, y):
+            return y if self.drops[i] is None else self.drops[i](y, keep_prob=keep_prob)
+
+        shortcut = self.short_norm(self.short_conv(x)) if self.project else x
+        shortcut = drop(0, shortcut)
+        y = drop(1, nnx.relu(self.norm1(self.conv1(x))))
+        y = drop(2, self.norm2(self.conv2(y)))
+        return nnx.relu(y + shortcut)
+
+
+class NnxResNet(nnx.Module):
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        *,
+        kind: str = "none",
+        block_size: int = 3,
+        calibrate: bool = False,
+        rngs: nnx.Rngs,
+    ):
+        self.stem = nnx.Conv(in_channels, WIDTHS[0], (3, 3), use_bias=False, rngs=rngs)
+        self.stem_norm = nnx.BatchNorm(WIDTHS[0], momentum=0.9, rngs=rngs)
+        cins: Sequence[int] = (WIDTHS[0],) + WIDTHS[:-1]
+        self.blocks = nnx.List(
+            [
+                NnxBlock(cin, w, s, kind, block_size, calibrate, g in REGULARISED, rngs)
+                for g, (cin, w, s) in enumerate(zip(cins, WIDTHS, STRIDES, strict=True))
+            ]
+        )
+        self.head = nnx.Linear(WIDTHS[-1], num_classes, rngs=rngs)
+
+    def features(self, x):
+        """The maps entering group 3, where DropBlock first acts."""
+        x = nnx.relu(self.stem_norm(self.stem(x)))
+        for block in self.blocks[: REGULARISED[0]]:
+            x = block(x, None)
+        return x
+
+    def __call__(self, x, keep_probs: jax.Array):
+        x = self.features(x)
+        for g in REGULARISED:
+            x = self.blocks[g](x, keep_probs[REGULARISED.index(g)])
+        return self.head(jnp.mean(x, axis=(1, 2)))
