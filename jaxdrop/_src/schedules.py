@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -117,10 +116,7 @@ def layer_keep_probs(
 
 def _drop_scales(num_layers: int, rule: Rule | Sequence[float]) -> np.ndarray:
     """The drop-rate multiplier of each layer, as float32, shallowest first."""
-    if isinstance(num_layers, bool) or not isinstance(num_layers, numbers.Integral):
-        raise TypeError(f"`num_layers` must be an int, got {type(num_layers).__name__}.")
-    if num_layers < 1:
-        raise ValueError(f"`num_layers` must be at least 1, got {num_layers!r}.")
+    num_layers = checks.check_count(num_layers, "num_layers", minimum=1)
     if isinstance(rule, str):
         checks.check_choice(rule, "rule", RULES)
         depth = np.arange(num_layers, dtype=np.float64)
