@@ -355,16 +355,6 @@ def test_example_shard_map_per_device_keys_small_map():
 
 
 @multi_device
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason=(
-        "sampling._sample_flat: the budget-0 branch of lax.switch returns constants, which do "
-        "not vary over the mesh axis like the other branches do with a per-device key, so "
-        "shard_map (check_vma=True, the default) rejects the switch. Fix: draw the dense tier "
-        "in its own lax.cond branch (see the report of issue 6)."
-    ),
-)
 def test_example_shard_map_per_device_keys_sparse_sampler():
     # 28 x 28 maps: the sparse sampler's tiers are used inside shard_map.
     _check_per_device((16, 28, 28, 8))

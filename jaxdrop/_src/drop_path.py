@@ -42,8 +42,9 @@ def drop_path(
       x: floating array with a batch axis, e.g. ``(B, L, C)`` or ``(B, H, W, C)``.
       keep_prob: probability of keeping the branch (the paper's survival probability
         :math:`p_l`), a Python float or a traced scalar. ``1.0`` returns ``x`` unchanged and
-        ``0.0`` returns zeros. A traced value is not checked; it is clipped to [0, 1]. It receives
-        no gradient. See :func:`drop_path_keep_probs` for the usual values over depth.
+        ``0.0`` returns zeros. A traced value is not checked; it is clipped to [0, 1] (NaN
+        counts as 0). It receives no gradient. See :func:`drop_path_keep_probs` for the usual
+        values over depth.
       mode: ``"row"`` (one draw per example) or ``"batch"`` (one draw for the whole array).
       scale_by_keep: scale kept examples by ``1 / keep_prob`` (as timm's default), so the
         expectation is ``x``. ``False`` leaves them unscaled, as in the paper, which instead

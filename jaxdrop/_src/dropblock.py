@@ -57,7 +57,7 @@ def dropblock(
         layout through ``spatial_dims``.
       keep_prob: probability of keeping a unit, a Python float or a traced scalar. ``1.0``
         returns ``x`` unchanged and ``0.0`` returns zeros. A traced value is not checked; it is
-        clipped to [0, 1]. It receives no gradient.
+        clipped to [0, 1] (NaN counts as 0). It receives no gradient.
       block_size: the side of a block, an int or one int per spatial dim. A block larger than
         its axis is clipped to the axis length.
       spatial_dims: the axes that blocks span: ``(-3, -2)`` for ``(N, H, W, C)``, ``(-2, -1)``

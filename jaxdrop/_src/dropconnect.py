@@ -54,7 +54,7 @@ def dropconnect(
         ``variables["params"]`` of a Flax model.
       keep_prob: probability of keeping a weight, a Python float or a traced scalar. ``1.0``
         returns ``params`` unchanged and ``0.0`` zeroes the selected leaves. A traced value is
-        not checked; it is clipped to [0, 1]. It receives no gradient.
+        not checked; it is clipped to [0, 1] (NaN counts as 0). It receives no gradient.
       where: which leaves to mask, a predicate ``where(path, leaf) -> bool`` on the key path
         (as in ``jax.tree_util.tree_flatten_with_path``) and the leaf. By default, the floating
         leaves with at least 2 axes: kernels and weight matrices, not biases, normalisation

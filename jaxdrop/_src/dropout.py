@@ -33,7 +33,7 @@ def dropout(
       x: floating array of any shape.
       keep_prob: probability of keeping a unit, a Python float or a traced scalar. ``1.0``
         returns ``x`` unchanged and ``0.0`` returns zeros. A traced value is not checked; it is
-        clipped to [0, 1]. It receives no gradient.
+        clipped to [0, 1] (NaN counts as 0). It receives no gradient.
       broadcast_dims: axes that share one mask, as in ``flax.linen.Dropout``: ``(-1,)`` shares a
         mask across channels, ``(0,)`` across the batch. Every other axis gets its own draws.
 

@@ -160,7 +160,10 @@ def apply_mask(
 
     ``make_mask`` must be deterministic in its arguments (it is called again in the backward
     pass) and hashable (a module-level function or a ``functools.partial`` of one). ``keep_prob``
-    is clipped to [0, 1] and receives no gradient.
+    is clipped to [0, 1] (NaN becomes 0) and receives no gradient.
     """
     keep_prob = jnp.clip(lax.stop_gradient(jnp.asarray(keep_prob, jnp.float32)), 0.0, 1.0)
+    # A traced NaN (a broken schedule) cannot be rejected: treat it as 0, so every method and
+    # normalization drops everything instead of each doing something different.
+    keep_prob = jnp.where(jnp.isnan(keep_prob), 0.0, keep_prob)
     return _apply(make_mask, rng, x, keep_prob, normalize)

@@ -110,8 +110,6 @@ def _sparse_branch(budget: int, n: int, dtype):
     """
 
     def branch(rng, gamma):
-        if budget == 0:
-            return jnp.zeros((n,), dtype), jnp.int32(-1)
         log_q = jnp.log1p(-gamma)
         # u in (0, 1]: 1 - uniform[0, 1), so log(u) is finite.
         u = 1.0 - jax.random.uniform(rng, (budget,), jnp.float32)
@@ -138,15 +136,23 @@ def _sample_flat(rng, gamma, n: int, dtype, tiers) -> jax.Array:
         return jax.random.bernoulli(rng, gamma, (n,)).astype(dtype)
     sparse_rng, dense_rng = jax.random.split(rng)
     index = tier_index(gamma, tiers)
-    branches = [_sparse_branch(0, n, dtype)] + [_sparse_branch(k, n, dtype) for _, k in tiers]
-    grid, last = lax.switch(index, branches, sparse_rng, gamma)
 
-    def fill_tail(grid):
-        # Positions after the last sparse seed are independent of everything drawn so far.
-        dense = jax.random.bernoulli(dense_rng, gamma, (n,)).astype(dtype)
-        return jnp.where(lax.iota(jnp.int32, n) > last, dense, grid)
+    def dense(_):
+        return jax.random.bernoulli(dense_rng, gamma, (n,)).astype(dtype)
 
-    return lax.cond(last < n - 1, fill_tail, lambda grid: grid, grid)
+    def sparse(_):
+        branches = [_sparse_branch(k, n, dtype) for _, k in tiers]
+        grid, last = lax.switch(index - 1, branches, sparse_rng, gamma)
+
+        def fill_tail(grid):
+            # Positions after the last sparse seed are independent of everything drawn so far.
+            return jnp.where(lax.iota(jnp.int32, n) > last, dense(None), grid)
+
+        return lax.cond(last < n - 1, fill_tail, lambda grid: grid, grid)
+
+    # No branch returns a constant: inside shard_map, with a per-device key, every branch must
+    # vary over the same mesh axes, or lax.switch / lax.cond reject them.
+    return lax.cond(index == 0, dense, sparse, None)
 
 
 def bernoulli_seeds(

@@ -32,7 +32,7 @@ def spatial_dropout(
         layout through ``spatial_dims``.
       keep_prob: probability of keeping a feature map, a Python float or a traced scalar.
         ``1.0`` returns ``x`` unchanged and ``0.0`` returns zeros. A traced value is not checked;
-        it is clipped to [0, 1]. It receives no gradient.
+        it is clipped to [0, 1] (NaN counts as 0). It receives no gradient.
       spatial_dims: the axes a feature map spans, at least one: ``(-3, -2)`` for
         ``(N, H, W, C)``, ``(-2, -1)`` for NCHW, ``(-2,)`` for sequences ``(N, L, C)``,
         ``(-4, -3, -2)`` for volumes. Every other axis gets its own draws.
