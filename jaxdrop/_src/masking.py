@@ -56,6 +56,23 @@ def _split_sum(values: jax.Array) -> tuple[jax.Array, jax.Array]:
     return low_high + high_low + (high_high << 16), low_low
 
 
+def _sum_slices_int8(mask: jax.Array, axis: int) -> jax.Array:
+    """``sum(mask, axis)`` in int8 (``mask.shape[axis]`` at most 127), as elementwise adds.
+
+    The slices along a non-minor ``axis`` are added pairwise: an elementwise tree that XLA:CPU
+    fuses with the mask's producer and vectorises along the trailing axes, where a reduce over
+    that axis is a strided scalar loop per output element. Measured inside ``dropblock`` at
+    ``(16, 28, 28, 512)`` float32, block 7: the forward falls from 3.4x to 2.4x the ``x * 2``
+    floor (``normalize="expected"``, which counts nothing, is 2.0x).
+    """
+    values = mask.astype(jnp.int8)
+    parts = [lax.index_in_dim(values, i, axis, keepdims=False) for i in range(mask.shape[axis])]
+    while len(parts) > 1:
+        pairs = [a + b for a, b in zip(parts[::2], parts[1::2], strict=False)]
+        parts = pairs + parts[len(pairs) * 2 :]
+    return parts[0]
+
+
 def count_true(mask: jax.Array) -> jax.Array:
     """Number of ``True`` entries of ``mask`` as float32, counted exactly in integers.
 
@@ -86,8 +103,13 @@ def count_true(mask: jax.Array) -> jax.Array:
         if row >= _MIN_SPLIT:
             mask = mask.reshape(mask.shape[:axis] + (length // row, row) + mask.shape[axis + 1 :])
             axis, length = axis + 1, row
-    dtype = jnp.int8 if length <= _ROW_INT8 else jnp.int16 if length <= _ROW_INT16 else jnp.int32
-    rows = jnp.sum(mask, axis=axis, dtype=dtype).astype(jnp.int32)  # Each at most `length`.
+    if 0 < length <= _ROW_INT8 and axis < mask.ndim - 1:
+        # Sliced adds, not a reduce, when trailing axes are there to vectorise along.
+        rows = _sum_slices_int8(mask, axis).astype(jnp.int32)  # Each at most `length`.
+    else:
+        wide = jnp.int16 if length <= _ROW_INT16 else jnp.int32
+        dtype = jnp.int8 if length <= _ROW_INT8 else wide
+        rows = jnp.sum(mask, axis=axis, dtype=dtype).astype(jnp.int32)  # Each at most `length`.
     if mask.size < _INT32_LIMIT:
         return jnp.sum(rows, dtype=jnp.int32).astype(jnp.float32)
     # Past 2**31 entries: sum the trailing axes of the rows while the partial sums stay below
