@@ -1,5 +1,6 @@
 """Linen and NNX modules of the family: train/eval, keys, call-time keep_prob, DropConnect."""
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -48,9 +49,9 @@ def test_linen_module_is_the_function(name, key):
     train = module.copy(deterministic=False)
     y = train.apply({}, X, rngs={"dropout": key})
     assert y.shape == X.shape and not bool(jnp.all(y == X))
-    with pytest.raises(Exception, match="dropout"):
+    with pytest.raises(flax.errors.InvalidRngError, match='needs PRNG for "dropout"'):
         train.apply({}, X)  # training without a key
-    with pytest.raises(Exception, match="deterministic"):
+    with pytest.raises(ValueError, match='Parameter "deterministic" must be passed'):
         module.apply({}, X)  # deterministic given neither as attribute nor as argument
 
 

@@ -617,17 +617,24 @@ def test_cutout_coverage_rate(size, num_patches, seed):
 
 
 # ---------------------------------------------------------------------------------------------
-# Bad Python inputs are rejected, whatever the shape
+# Bad concrete inputs are rejected, whatever the shape
 # ---------------------------------------------------------------------------------------------
 
 
 @settings(max_examples=25, deadline=None)
 @given(
     layout=layouts(),
-    keep_prob=st.floats(allow_nan=True, allow_infinity=True).filter(lambda p: not 0 <= p <= 1),
+    # float32-representable, so that every kind holds the same out-of-range value.
+    keep_prob=st.floats(allow_nan=True, allow_infinity=True, width=32).filter(
+        lambda p: not 0 <= p <= 1
+    ),
+    kind=st.sampled_from([float, np.float64, np.asarray, jnp.float32]),
     name=st.sampled_from(["dropblock", "dropout", "spatial_dropout", "drop_path", "dropconnect"]),
 )
-def test_python_keep_prob_outside_unit_interval_raises(layout, keep_prob, name):
+def test_concrete_keep_prob_outside_unit_interval_raises(layout, keep_prob, kind, name):
+    # Any value known outside a trace is checked: a Python float, a NumPy scalar or 0-d array,
+    # or a JAX scalar (only a tracer is exempt, and clipped instead).
+    keep_prob = kind(keep_prob)
     x = jnp.zeros(layout.shape)
     call = {
         "dropblock": lambda: jaxdrop.dropblock(
@@ -811,6 +818,8 @@ def test_bad_axes_and_dtypes_raise(layout, data):
         jaxdrop.dropout(key, x, 0.9, broadcast_dims=(bad_axis,))
     with pytest.raises(ValueError, match="normalize"):
         jaxdrop.dropblock(key, x, 0.9, 2, spatial_dims=layout.spatial, normalize="sum")
+    with pytest.raises(ValueError, match="spatial_dims"):
+        jaxdrop.dropblock(key, x, 0.9, 2, spatial_dims=())
     integer = data.draw(st.sampled_from([jnp.int32, jnp.uint8, jnp.bool_]))
     for call in (
         lambda x: jaxdrop.dropblock(key, x, 0.9, 2, spatial_dims=layout.spatial),

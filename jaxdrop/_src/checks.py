@@ -2,18 +2,65 @@
 
 Each check raises ``ValueError`` (bad value, shape or axis) or ``TypeError`` (bad type or dtype)
 with a message that names the argument, says what was expected and shows what was received.
-Only Python values are validated: a traced ``keep_prob`` cannot be inspected without ``checkify``,
+Every concrete value is validated, whatever its kind (a Python or NumPy number, a 0-d array, a
+JAX array outside a trace); only a traced ``keep_prob`` cannot be inspected without ``checkify``,
 so the samplers clip it instead (documented on each public function).
 """
 
 from __future__ import annotations
 
+import functools
 import numbers
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+
+@functools.cache
+def _legacy_key_shape(impl: str) -> tuple[int, ...]:
+    """The shape of a legacy (raw ``uint32``) key of the PRNG implementation ``impl``."""
+    return jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0, impl=impl))).shape
+
+
+def check_key(rng: object, name: str = "rng") -> None:
+    """Raises unless ``rng`` is one PRNG key: a typed key of shape ``()`` or a legacy key.
+
+    A legacy key is a ``uint32`` array shaped like the key data of the default implementation
+    (``(2,)`` for threefry), as ``jax.random`` accepts it. Only the dtype and shape are read, so
+    a traced key is checked like any other.
+    """
+    dtype = getattr(rng, "dtype", None)
+    if not isinstance(rng, jax.Array | np.ndarray) or dtype is None:
+        raise TypeError(
+            f"`{name}` must be a PRNG key from `jax.random.key(seed)` (or a legacy "
+            f"`jax.random.PRNGKey(seed)`), got {rng!r}."
+        )
+    shape = tuple(rng.shape)
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        key_shape: tuple[int, ...] = ()
+    elif dtype == np.uint32:
+        key_shape = _legacy_key_shape(jax.config.jax_default_prng_impl)
+    else:
+        raise TypeError(
+            f"`{name}` must be a PRNG key from `jax.random.key(seed)` (or a legacy uint32 "
+            f"`jax.random.PRNGKey(seed)`), got an array of dtype {dtype} and shape {shape}."
+        )
+    if shape == key_shape:
+        return
+    if len(shape) > len(key_shape) and shape[len(shape) - len(key_shape) :] == key_shape:
+        batch = shape[: len(shape) - len(key_shape)]
+        raise ValueError(
+            f"`{name}` must be a single PRNG key, got a batch of keys of shape {batch}. To use "
+            "one key per example, `jax.vmap` the call over the keys and the examples; otherwise "
+            "pass one key, e.g. `key, subkey = jax.random.split(key)` and then `subkey`."
+        )
+    raise ValueError(
+        f"`{name}` must be a legacy key of shape {key_shape} (the default PRNG implementation, "
+        f"{jax.config.jax_default_prng_impl}) or a typed key, got a uint32 array of shape {shape}."
+    )
 
 
 def as_floating_array(x: jax.typing.ArrayLike, name: str = "x") -> jax.Array:
@@ -26,30 +73,93 @@ def as_floating_array(x: jax.typing.ArrayLike, name: str = "x") -> jax.Array:
     return x
 
 
-def check_keep_prob(keep_prob: float | jax.Array, name: str = "keep_prob") -> None:
-    """Checks a Python ``keep_prob`` lies in [0, 1]; a JAX value must be a real scalar."""
-    if isinstance(keep_prob, bool) or not isinstance(
-        keep_prob, numbers.Real | jax.Array | np.ndarray | np.generic
+def check_real_scalar(value: object, name: str) -> None:
+    """Raises unless ``value`` is a real scalar: a number, or a 0-d array of a real dtype."""
+    if isinstance(value, bool | np.bool_) or not isinstance(
+        value, numbers.Real | jax.Array | np.ndarray | np.generic
     ):
-        raise TypeError(
-            f"`{name}` must be a float or a scalar JAX array, got {type(keep_prob).__name__}."
-        )
-    if isinstance(keep_prob, numbers.Real):
-        if not 0.0 <= keep_prob <= 1.0:  # Also rejects NaN.
-            raise ValueError(f"`{name}` must be in [0, 1], got {keep_prob!r}.")
+        raise TypeError(f"`{name}` must be a float or a scalar array, got {type(value).__name__}.")
+    if isinstance(value, numbers.Real):
         return
-    if np.ndim(keep_prob) != 0:
-        raise ValueError(f"`{name}` must be a scalar, got an array of shape {np.shape(keep_prob)}.")
-    if not (
-        jnp.issubdtype(keep_prob.dtype, jnp.floating)
-        or jnp.issubdtype(keep_prob.dtype, jnp.integer)
-    ):
-        raise TypeError(f"`{name}` must have a real dtype, got {keep_prob.dtype}.")
+    if np.ndim(value) != 0:
+        raise ValueError(f"`{name}` must be a scalar, got an array of shape {np.shape(value)}.")
+    if not (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)):
+        raise TypeError(f"`{name}` must have a real dtype, got {value.dtype}.")
+
+
+def concrete_value(value: object) -> float | None:
+    """``value`` as a Python float if it is known outside a trace, else ``None``.
+
+    Python and NumPy numbers, 0-d NumPy arrays and JAX arrays outside a trace are concrete. A
+    tracer is not, and neither is an array spread over hosts (not fully addressable), whose
+    value this process cannot read. Expects a real scalar (see :func:`check_keep_prob`).
+    """
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, jax.core.Tracer):
+        return None
+    if isinstance(value, jax.Array) and not value.is_fully_addressable:
+        return None
+    return float(np.asarray(value))
+
+
+def check_keep_prob(keep_prob: object, name: str = "keep_prob") -> float | jax.Array:
+    """Checks a ``keep_prob`` and returns it in the form the jitted kernels take.
+
+    Any concrete value (a Python number, ``fractions.Fraction`` included, a NumPy scalar or 0-d
+    array, a JAX array outside a trace) must lie in [0, 1]; a traced one must be a real scalar.
+    Host values come back as Python floats (a ``Fraction`` is not a JAX type); JAX arrays are
+    returned as they are.
+    """
+    check_real_scalar(keep_prob, name)
+    value = concrete_value(keep_prob)
+    if value is None:
+        return keep_prob
+    if not 0.0 <= value <= 1.0:  # Also rejects NaN.
+        raise ValueError(f"`{name}` must be in [0, 1], got {keep_prob!r}.")
+    return keep_prob if isinstance(keep_prob, jax.Array) else value
+
+
+def nothing_to_drop(size: int, keep_prob: float | jax.Array) -> bool:
+    """True when there is provably nothing to drop: no units, or a concrete ``keep_prob`` of 1.
+
+    Lets the public functions return their input untouched without compiling anything. Never
+    branches on a traced value: a traced ``keep_prob`` of 1 goes through the kernel, which keeps
+    everything.
+    """
+    return size == 0 or concrete_value(keep_prob) == 1.0
 
 
 def is_python_number(value: object) -> bool:
     """True for a Python (or NumPy) number, which is safe to branch on outside a trace."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def first_from(*values: Any, error_msg: str) -> Any:
+    """The first value that is not ``None``; raises ``ValueError(error_msg)`` if all are.
+
+    As ``flax.nnx.module.first_from`` (private in Flax): a call-time argument, then the
+    module's attribute.
+    """
+    for value in values:
+        if value is not None:
+            return value
+    raise ValueError(error_msg)
+
+
+def module_keep_prob(module: object, call_value: object) -> Any:
+    """A module's ``keep_prob``: the call-time value if given, else the module's attribute."""
+    name = type(module).__name__
+    return first_from(
+        call_value,
+        getattr(module, "keep_prob", None),
+        error_msg=(
+            f"No `keep_prob` was provided to {name} as either a __call__ argument or a "
+            f"constructor argument: pass it to one of them, e.g. `{name}(keep_prob=0.9, ...)` "
+            "or `layer(x, keep_prob=0.9)` (a traced value, such as a schedule's, is fine at "
+            "call time)."
+        ),
+    )
 
 
 def canonical_axes(
@@ -87,18 +197,19 @@ def check_disjoint(a: tuple[int, ...], a_name: str, b: tuple[int, ...], b_name: 
 
 def canonical_sizes(size: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
     """Turns an int or a sequence of ``n`` ints, each positive, into a tuple of ``n`` ints."""
+    given = size
     if isinstance(size, numbers.Integral) and not isinstance(size, bool):
         size = (size,) * n
     if not isinstance(size, Sequence) or not all(
         isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in size
     ):
-        raise TypeError(f"`{name}` must be a positive int or a sequence of them, got {size!r}.")
+        raise TypeError(f"`{name}` must be a positive int or a sequence of them, got {given!r}.")
     if len(size) != n:
         raise ValueError(
             f"`{name}` must be an int or have one entry per spatial dim ({n}), got {tuple(size)!r}."
         )
     if any(s < 1 for s in size):
-        raise ValueError(f"`{name}` must be positive, got {tuple(size)!r}.")
+        raise ValueError(f"`{name}` must be positive, got {given!r}.")
     return tuple(int(s) for s in size)
 
 

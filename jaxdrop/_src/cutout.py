@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import functools
-import numbers
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxdrop._src import checks
 
@@ -52,11 +50,11 @@ def cutout(
       An array with the shape and dtype of ``x``.
 
     Raises:
-      TypeError: if ``x`` is not floating, ``fill`` is not a real scalar, or an option has the
-        wrong type.
-      ValueError: if ``size`` is not positive or has the wrong length, ``num_patches`` is
-        negative, ``fill`` is not a scalar, or ``spatial_dims`` is empty, out of bounds or
-        repeated.
+      TypeError: if ``rng`` is not a PRNG key, ``x`` is not floating, ``fill`` is not a real
+        scalar, or an option has the wrong type.
+      ValueError: if ``rng`` is a batch of keys, ``size`` is not positive or has the wrong
+        length, ``num_patches`` is negative, ``fill`` is not a scalar, or ``spatial_dims`` is
+        empty, out of bounds or repeated.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -74,37 +72,24 @@ def cutout(
       DeVries and Taylor, `Improved regularization of convolutional neural networks with cutout
       <https://arxiv.org/abs/1708.04552>`_, 2017
     """
+    checks.check_key(rng)
     x = checks.as_floating_array(x)
     spatial = checks.canonical_axes(spatial_dims, x.ndim, "spatial_dims", shape=x.shape)
     checks.check_nonempty_axes(spatial, "spatial_dims")
     sizes = checks.canonical_sizes(size, len(spatial), "size")
     num_patches = checks.check_count(num_patches, "num_patches", minimum=0)
-    _check_fill(fill)
+    checks.check_real_scalar(fill, "fill")
     if x.size == 0 or num_patches == 0:
         return x
     return _cutout(rng, x, fill, size=sizes, spatial_dims=spatial, num_patches=num_patches)
 
 
-def _check_fill(fill: object) -> None:
-    if isinstance(fill, bool) or not isinstance(
-        fill, numbers.Real | jax.Array | np.ndarray | np.generic
-    ):
-        raise TypeError(f"`fill` must be a float or a scalar JAX array, got {type(fill).__name__}.")
-    if np.ndim(fill) != 0:
-        raise ValueError(f"`fill` must be a scalar, got an array of shape {np.shape(fill)}.")
-    dtype = np.result_type(fill) if isinstance(fill, numbers.Real) else fill.dtype
-    if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
-        raise TypeError(f"`fill` must have a real dtype, got {dtype}.")
-
-
 @functools.partial(jax.jit, static_argnames=("size", "spatial_dims", "num_patches"))
 def _cutout(rng, x, fill, *, size, spatial_dims, num_patches):
-    covered = cutout_mask(
-        rng, x.shape, size=size, spatial_dims=spatial_dims, num_patches=num_patches
-    )
+    keep = cutout_mask(rng, x.shape, size=size, spatial_dims=spatial_dims, num_patches=num_patches)
     # Cast the fill to x's dtype first: a float32 fill must not promote a bfloat16 x.
     fill = jax.lax.stop_gradient(jnp.asarray(fill).astype(x.dtype))
-    return jnp.where(covered, fill, x)
+    return jnp.where(keep, x, fill)
 
 
 def batch_size(shape: tuple[int, ...], spatial_dims: tuple[int, ...]) -> int:
@@ -130,7 +115,7 @@ def cutout_mask(
     spatial_dims: tuple[int, ...],
     num_patches: int,
 ) -> jax.Array:
-    """Boolean mask, ``True`` on the union of the patches, broadcastable to ``shape``.
+    """Boolean keep-mask broadcastable to ``shape``: ``False`` on the union of the patches.
 
     Its shape is ``shape`` with every non-spatial axis but the batch axis set to 1.
     """
@@ -150,4 +135,4 @@ def cutout_mask(
         )
         inside = (index >= start) & (index < start + s)
         covered = inside if covered is None else covered & inside
-    return jnp.any(covered, axis=0)
+    return ~jnp.any(covered, axis=0)

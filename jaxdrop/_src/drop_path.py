@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import typing
 from typing import Literal
 
 import jax
 
-from jaxdrop._src import checks
-from jaxdrop._src.dropout import drop_units
+from jaxdrop._src import checks, masking
 
-MODE_CHOICES = ("row", "batch")
+Mode = Literal["row", "batch"]
+MODE_CHOICES: tuple[str, ...] = typing.get_args(Mode)
 
 
 def drop_path(
@@ -17,7 +18,7 @@ def drop_path(
     x: jax.typing.ArrayLike,
     keep_prob: float | jax.Array,
     *,
-    mode: Literal["row", "batch"] = "row",
+    mode: Mode = "row",
     scale_by_keep: bool = True,
     batch_axis: int = 0,
 ) -> jax.Array:
@@ -55,9 +56,10 @@ def drop_path(
       An array with the shape and dtype of ``x``.
 
     Raises:
-      TypeError: if ``x`` is not floating, or an option has the wrong type.
-      ValueError: if a Python ``keep_prob`` is outside [0, 1], ``mode`` is unknown, or
-        ``batch_axis`` is out of bounds.
+      TypeError: if ``rng`` is not a PRNG key, ``x`` is not floating, or an option has the wrong
+        type.
+      ValueError: if ``rng`` is a batch of keys, a concrete ``keep_prob`` is outside [0, 1],
+        ``mode`` is unknown, or ``batch_axis`` is out of bounds.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -74,20 +76,20 @@ def drop_path(
       Huang et al, `Deep networks with stochastic depth <https://arxiv.org/abs/1603.09382>`_,
       2016
     """
+    checks.check_key(rng)
     x = checks.as_floating_array(x)
-    checks.check_keep_prob(keep_prob)
+    keep_prob = checks.check_keep_prob(keep_prob)
     checks.check_choice(mode, "mode", MODE_CHOICES)
     checks.check_bool(scale_by_keep, "scale_by_keep")
     batch = checks.canonical_axis(batch_axis, x.ndim, "batch_axis", shape=x.shape)
-    # Python-only fast paths: nothing to drop. Never branch on a traced keep_prob.
-    if x.size == 0 or (checks.is_python_number(keep_prob) and keep_prob == 1.0):
+    if checks.nothing_to_drop(x.size, keep_prob):
         return x
     if mode == "row":
         mask_shape = tuple(n if d == batch else 1 for d, n in enumerate(x.shape))
     else:
         mask_shape = (1,) * x.ndim
     normalize = "expected" if scale_by_keep else "none"
-    return drop_units(rng, x, keep_prob, mask_shape=mask_shape, normalize=normalize)
+    return masking.drop_units(rng, x, keep_prob, mask_shape=mask_shape, normalize=normalize)
 
 
 def drop_path_keep_probs(

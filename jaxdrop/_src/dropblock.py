@@ -75,10 +75,12 @@ def dropblock(
       An array with the shape and dtype of ``x``.
 
     Raises:
-      TypeError: if ``x`` is not floating, or an option has the wrong type.
-      ValueError: if a Python ``keep_prob`` is outside [0, 1], ``block_size`` is not positive or
-        has the wrong length, an axis is out of bounds or repeated, ``spatial_dims`` and
-        ``broadcast_dims`` overlap, or ``normalize`` is unknown.
+      TypeError: if ``rng`` is not a PRNG key, ``x`` is not floating, or an option has the wrong
+        type.
+      ValueError: if ``rng`` is a batch of keys, a concrete ``keep_prob`` is outside [0, 1],
+        ``block_size`` is not positive or has the wrong length, ``spatial_dims`` is empty, an axis
+        is out of bounds or repeated, ``spatial_dims`` and ``broadcast_dims`` overlap, or
+        ``normalize`` is unknown.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -95,10 +97,21 @@ def dropblock(
 
     .. note::
       The paper's :math:`\gamma` ignores that blocks overlap and that units near the border are
-      covered by fewer seed positions, so its real drop rate is below ``1 - keep_prob``: at
-      ``28 x 28``, block 7, keep_prob 0.9, the expected kept fraction is 0.9125, not 0.9 (at
-      ``7 x 7``, block 3: 0.9159). ``calibrate=True`` removes that gap. The default stays the
-      paper's formula, as in the reference implementations.
+      covered by fewer seed positions, so its real drop rate is below ``1 - keep_prob``.
+      ``calibrate=True`` removes that gap. The default stays the paper's formula, as in the
+      reference implementations. The expected kept fraction at keep_prob 0.9, computed exactly
+      from the coverage of every unit:
+
+      >>> from jaxdrop._src import dropblock as impl
+      >>> def expected_kept(side, block, keep_prob=0.9, calibrate=False):
+      ...     sizes, blocks = (side, side), (block, block)
+      ...     gamma = impl.seed_probability(jnp.float32(keep_prob), sizes, blocks, calibrate)
+      ...     kept = impl.expected_keep(gamma, *impl.coverage_histogram(sizes, blocks))
+      ...     return round(float(kept), 4)
+      >>> expected_kept(28, 7), expected_kept(7, 3)  # the paper's gamma
+      (0.9061, 0.9053)
+      >>> expected_kept(28, 7, calibrate=True), expected_kept(7, 3, calibrate=True)
+      (0.9, 0.9)
 
     .. warning::
       Seeds are only drawn where a whole block fits (as in the paper's Algorithm 1), so units
@@ -109,16 +122,17 @@ def dropblock(
       Ghiasi et al, `DropBlock: A regularization method for convolutional networks
       <https://arxiv.org/abs/1810.12890>`_, 2018
     """
+    checks.check_key(rng)
     x = checks.as_floating_array(x)
-    checks.check_keep_prob(keep_prob)
+    keep_prob = checks.check_keep_prob(keep_prob)
     spatial = checks.canonical_axes(spatial_dims, x.ndim, "spatial_dims", shape=x.shape)
+    checks.check_nonempty_axes(spatial, "spatial_dims", "; for independent units use `dropout`")
     broadcast = checks.canonical_axes(broadcast_dims, x.ndim, "broadcast_dims", shape=x.shape)
     checks.check_disjoint(spatial, "spatial_dims", broadcast, "broadcast_dims")
     block = checks.canonical_sizes(block_size, len(spatial), "block_size")
     checks.check_choice(normalize, "normalize", masking.NORMALIZE_CHOICES)
     checks.check_bool(calibrate, "calibrate")
-    # Python-only fast paths: nothing to drop. Never branch on a traced keep_prob.
-    if x.size == 0 or (checks.is_python_number(keep_prob) and keep_prob == 1.0):
+    if checks.nothing_to_drop(x.size, keep_prob):
         return x
     return _dropblock(
         rng,
@@ -220,10 +234,9 @@ def dilate(seeds: jax.Array, axis: int, block: int) -> jax.Array:
     ``block`` shifted slices of length ``h`` is the expansion: O(block) work per unit. ``seeds``
     holds 0/1 bytes (or bools), so ``|`` is the OR.
 
-    Measured on CPU against ``lax.reduce_window`` max and against log2(block) doublings of the
-    window (``benchmarks/bench_dropblock.py``, "block expansion" table): alone they are within
-    noise of each other, and inside ``dropblock`` the shifted slices were faster (medians 3.7 ms
-    against 4.3 ms for reduce_window at ``(16, 28, 28, 512)``, block 7, per-channel masks).
+    Chosen over ``lax.reduce_window`` max and over log2(block) doublings of the window because
+    inside ``dropblock`` it was the fastest on CPU (``benchmarks/bench_dropblock.py``, "block
+    expansion" table).
     """
     pad = [(0, 0)] * seeds.ndim
     pad[axis] = (block - 1, block - 1)

@@ -9,8 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdrop._src import checks
-from jaxdrop._src.dropout import drop_units
+from jaxdrop._src import checks, masking
 
 Where = Callable[[tuple[Any, ...], Any], bool]
 
@@ -66,9 +65,9 @@ def dropconnect(
       shape and dtype; the others untouched.
 
     Raises:
-      TypeError: if ``where`` is not callable or does not return a bool, or a selected leaf is not
-        a floating array.
-      ValueError: if a Python ``keep_prob`` is outside [0, 1].
+      TypeError: if ``rng`` is not a PRNG key, ``where`` is not callable or does not return a
+        bool, or a selected leaf is not a floating array.
+      ValueError: if ``rng`` is a batch of keys, or a concrete ``keep_prob`` is outside [0, 1].
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -84,7 +83,8 @@ def dropconnect(
       Wan et al, `Regularization of neural networks using DropConnect
       <https://proceedings.mlr.press/v28/wan13.html>`_, 2013
     """
-    checks.check_keep_prob(keep_prob)
+    checks.check_key(rng)
+    keep_prob = checks.check_keep_prob(keep_prob)
     if where is None:
         where = is_weight_matrix
     elif not callable(where):
@@ -103,13 +103,14 @@ def dropconnect(
         if chosen:
             checks.as_floating_array(leaf, name=f"params{jax.tree_util.keystr(path)}")
             selected.append(i)
-    # Python-only fast paths: nothing to drop. Never branch on a traced keep_prob.
-    if not selected or (checks.is_python_number(keep_prob) and keep_prob == 1.0):
+    if checks.nothing_to_drop(sum(np.size(leaves[i][1]) for i in selected), keep_prob):
         return params
     out = [leaf for _, leaf in leaves]
     keys = jax.random.split(rng, len(selected))
     for key, i in zip(keys, selected, strict=True):
         leaf = checks.as_floating_array(out[i])
         if leaf.size:
-            out[i] = drop_units(key, leaf, keep_prob, mask_shape=leaf.shape, normalize="expected")
+            out[i] = masking.drop_units(
+                key, leaf, keep_prob, mask_shape=leaf.shape, normalize="expected"
+            )
     return jax.tree_util.tree_unflatten(treedef, out)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import jax
@@ -41,9 +40,10 @@ def dropout(
       An array with the shape and dtype of ``x``.
 
     Raises:
-      TypeError: if ``x`` is not floating, or an option has the wrong type.
-      ValueError: if a Python ``keep_prob`` is outside [0, 1], or an axis of ``broadcast_dims``
-        is out of bounds or repeated.
+      TypeError: if ``rng`` is not a PRNG key, ``x`` is not floating, or an option has the wrong
+        type.
+      ValueError: if ``rng`` is a batch of keys, a concrete ``keep_prob`` is outside [0, 1], or
+        an axis of ``broadcast_dims`` is out of bounds or repeated.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -61,36 +61,11 @@ def dropout(
       Srivastava et al, `Dropout: A simple way to prevent neural networks from overfitting
       <https://jmlr.org/papers/v15/srivastava14a.html>`_, 2014
     """
+    checks.check_key(rng)
     x = checks.as_floating_array(x)
-    checks.check_keep_prob(keep_prob)
+    keep_prob = checks.check_keep_prob(keep_prob)
     broadcast = checks.canonical_axes(broadcast_dims, x.ndim, "broadcast_dims", shape=x.shape)
-    # Python-only fast paths: nothing to drop. Never branch on a traced keep_prob.
-    if x.size == 0 or (checks.is_python_number(keep_prob) and keep_prob == 1.0):
+    if checks.nothing_to_drop(x.size, keep_prob):
         return x
     mask_shape = tuple(1 if d in broadcast else n for d, n in enumerate(x.shape))
-    return drop_units(rng, x, keep_prob, mask_shape=mask_shape, normalize="expected")
-
-
-def bernoulli_mask(rng: jax.Array, keep_prob: jax.Array, *, shape: tuple[int, ...]) -> jax.Array:
-    """Boolean keep-mask of ``shape``, ``True`` with probability ``keep_prob`` (float32)."""
-    # keep_prob arrives as float32 from masking.apply_mask: bernoulli draws its uniform in the
-    # dtype of p, and a bfloat16 p would be far too coarse.
-    return jax.random.bernoulli(rng, keep_prob, shape)
-
-
-@functools.partial(jax.jit, static_argnames=("mask_shape", "normalize"))
-def drop_units(
-    rng: jax.Array,
-    x: jax.Array,
-    keep_prob: float | jax.Array,
-    *,
-    mask_shape: tuple[int, ...],
-    normalize: masking.Normalize,
-) -> jax.Array:
-    """Keeps each entry of a Bernoulli mask of ``mask_shape`` (broadcast against ``x``).
-
-    The shared kernel of dropout, spatial dropout, drop path and DropConnect: they differ only in
-    which axes of the mask have size 1.
-    """
-    make_mask = functools.partial(bernoulli_mask, shape=mask_shape)
-    return masking.apply_mask(make_mask, rng, x, keep_prob, normalize)
+    return masking.drop_units(rng, x, keep_prob, mask_shape=mask_shape, normalize="expected")

@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import flax.linen as nn
 import jax
 
-from jaxdrop._src import masking
+from jaxdrop._src import checks, masking
 from jaxdrop._src.cutout import cutout
-from jaxdrop._src.drop_path import drop_path
+from jaxdrop._src.drop_path import Mode, drop_path
 from jaxdrop._src.dropblock import dropblock
 from jaxdrop._src.dropconnect import Where, dropconnect
 from jaxdrop._src.dropout import dropout
 from jaxdrop._src.spatial_dropout import spatial_dropout
-
-
-def first(*values: Any) -> Any:
-    """The first value that is not ``None`` (a call-time argument wins over the attribute)."""
-    return next(v for v in values if v is not None)
 
 
 def call_stochastic(
@@ -107,7 +102,7 @@ class DropBlock(nn.Module):
             x,
             deterministic,
             rng,
-            first(keep_prob, self.keep_prob),
+            checks.module_keep_prob(self, keep_prob),
             self.block_size,
             spatial_dims=self.spatial_dims,
             broadcast_dims=self.broadcast_dims,
@@ -163,7 +158,7 @@ class Dropout(nn.Module):
             x,
             deterministic,
             rng,
-            first(keep_prob, self.keep_prob),
+            checks.module_keep_prob(self, keep_prob),
             broadcast_dims=self.broadcast_dims,
         )
 
@@ -210,7 +205,7 @@ class SpatialDropout(nn.Module):
             x,
             deterministic,
             rng,
-            first(keep_prob, self.keep_prob),
+            checks.module_keep_prob(self, keep_prob),
             spatial_dims=self.spatial_dims,
         )
 
@@ -241,7 +236,7 @@ class DropPath(nn.Module):
     """
 
     keep_prob: float
-    mode: Literal["row", "batch"] = "row"
+    mode: Mode = "row"
     scale_by_keep: bool = True
     batch_axis: int = 0
     deterministic: bool | None = None
@@ -263,7 +258,7 @@ class DropPath(nn.Module):
             x,
             deterministic,
             rng,
-            first(keep_prob, self.keep_prob),
+            checks.module_keep_prob(self, keep_prob),
             mode=self.mode,
             scale_by_keep=self.scale_by_keep,
             batch_axis=self.batch_axis,
@@ -382,7 +377,7 @@ class DropConnect(nn.Module):
         key = training_key(self, deterministic, rng)
         if key is None:
             return self.layer(*args, **kwargs)
-        keep_prob = first(keep_prob, self.keep_prob)
+        keep_prob = checks.module_keep_prob(self, keep_prob)
 
         def mask(variables: dict[str, Any]) -> dict[str, Any]:
             if "params" not in variables:  # A layer without parameters: nothing to drop.

@@ -1,16 +1,19 @@
 """Applying a random keep-mask to an array: normalisation, exact counts and a mask-free backward.
 
-Every jaxdrop method is ``make_mask`` (a function of the key and ``keep_prob`` that returns a
-boolean keep-mask broadcastable to ``x``) plus :func:`apply_mask`, which zeroes the dropped units
-and rescales the kept ones. :func:`apply_mask` has a custom VJP: the forward pass keeps only the
-key, ``keep_prob`` and the scalar scale as residuals, and the backward pass rebuilds the mask from
-the key. So no array of ``x``'s size (the mask) stays alive between forward and backward.
+Every dropping method of jaxdrop (all but Cutout, which fills instead) is ``make_mask`` (a
+function of the key and ``keep_prob`` that returns a boolean keep-mask broadcastable to ``x``)
+plus :func:`apply_mask`, which zeroes the dropped units and rescales the kept ones;
+:func:`drop_units` is that pair for the Bernoulli masks of dropout, SpatialDropout, DropPath and
+DropConnect. :func:`apply_mask` has a custom VJP: the forward pass keeps only the key,
+``keep_prob`` and the scalar scale as residuals, and the backward pass rebuilds the mask from the
+key. So no array of ``x``'s size (the mask) stays alive between forward and backward.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import typing
 from collections.abc import Callable
 from typing import Literal
 
@@ -19,7 +22,8 @@ import jax.numpy as jnp
 from jax import lax
 
 Normalize = Literal["actual", "expected", "none"]
-NORMALIZE_CHOICES = ("actual", "expected", "none")
+NORMALIZE_CHOICES: tuple[str, ...] = typing.get_args(Normalize)
+# make_mask(rng, keep_prob) -> a boolean keep-mask (True on the units that are kept).
 MaskFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 # Partial sums are taken over at most this many int32 values below 2**16, so they stay below 2**31.
@@ -189,3 +193,28 @@ def apply_mask(
     # normalization drops everything instead of each doing something different.
     keep_prob = jnp.where(jnp.isnan(keep_prob), 0.0, keep_prob)
     return _apply(make_mask, rng, x, keep_prob, normalize)
+
+
+def bernoulli_mask(rng: jax.Array, keep_prob: jax.Array, *, shape: tuple[int, ...]) -> jax.Array:
+    """Boolean keep-mask of ``shape``, ``True`` with probability ``keep_prob`` (float32)."""
+    # keep_prob arrives as float32 from apply_mask: bernoulli draws its uniform in the dtype of
+    # p, and a bfloat16 p would be far too coarse.
+    return jax.random.bernoulli(rng, keep_prob, shape)
+
+
+@functools.partial(jax.jit, static_argnames=("mask_shape", "normalize"))
+def drop_units(
+    rng: jax.Array,
+    x: jax.Array,
+    keep_prob: float | jax.Array,
+    *,
+    mask_shape: tuple[int, ...],
+    normalize: Normalize,
+) -> jax.Array:
+    """Keeps each entry of a Bernoulli mask of ``mask_shape`` (broadcast against ``x``).
+
+    The shared kernel of dropout, spatial dropout, drop path and DropConnect: they differ only in
+    which axes of the mask have size 1.
+    """
+    make_mask = functools.partial(bernoulli_mask, shape=mask_shape)
+    return apply_mask(make_mask, rng, x, keep_prob, normalize)

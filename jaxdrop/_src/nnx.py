@@ -4,28 +4,20 @@ per call, apply the ``deterministic`` rule, call the function."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import jax
 from flax import nnx
 
-from jaxdrop._src import masking
+from jaxdrop._src import checks, masking
 from jaxdrop._src.cutout import cutout
-from jaxdrop._src.drop_path import drop_path
+from jaxdrop._src.drop_path import Mode, drop_path
 from jaxdrop._src.dropblock import dropblock
 from jaxdrop._src.dropconnect import Where, dropconnect
 from jaxdrop._src.dropout import dropout
 from jaxdrop._src.spatial_dropout import spatial_dropout
 
 Rngs = nnx.Rngs | nnx.RngStream
-
-
-def _first_from(*values: Any, error_msg: str) -> Any:
-    # A local copy of flax.nnx.module.first_from, which is private.
-    for value in values:
-        if value is not None:
-            return value
-    raise ValueError(error_msg)
 
 
 class Stochastic(nnx.Module):
@@ -65,7 +57,7 @@ class Stochastic(nnx.Module):
     ) -> jax.Array | None:
         """``None`` if deterministic, else a key from the call's or the module's ``rngs``."""
         name = type(self).__name__
-        deterministic = _first_from(
+        deterministic = checks.first_from(
             deterministic,
             self.deterministic,
             error_msg=(
@@ -75,7 +67,7 @@ class Stochastic(nnx.Module):
         )
         if deterministic:
             return None
-        rngs = _first_from(
+        rngs = checks.first_from(
             rngs,
             self.rngs,
             error_msg=(
@@ -168,7 +160,7 @@ class DropBlock(Stochastic):
             x,
             deterministic,
             rngs,
-            _first_from(keep_prob, self.keep_prob, error_msg="no keep_prob"),
+            checks.module_keep_prob(self, keep_prob),
             self.block_size,
             spatial_dims=self.spatial_dims,
             broadcast_dims=self.broadcast_dims,
@@ -233,7 +225,7 @@ class Dropout(Stochastic):
             x,
             deterministic,
             rngs,
-            _first_from(keep_prob, self.keep_prob, error_msg="no keep_prob"),
+            checks.module_keep_prob(self, keep_prob),
             broadcast_dims=self.broadcast_dims,
         )
 
@@ -286,7 +278,7 @@ class SpatialDropout(Stochastic):
             x,
             deterministic,
             rngs,
-            _first_from(keep_prob, self.keep_prob, error_msg="no keep_prob"),
+            checks.module_keep_prob(self, keep_prob),
             spatial_dims=self.spatial_dims,
         )
 
@@ -319,7 +311,7 @@ class DropPath(Stochastic):
         self,
         keep_prob: float,
         *,
-        mode: Literal["row", "batch"] = "row",
+        mode: Mode = "row",
         scale_by_keep: bool = True,
         batch_axis: int = 0,
         deterministic: bool | None = False,
@@ -346,7 +338,7 @@ class DropPath(Stochastic):
             x,
             deterministic,
             rngs,
-            _first_from(keep_prob, self.keep_prob, error_msg="no keep_prob"),
+            checks.module_keep_prob(self, keep_prob),
             mode=self.mode,
             scale_by_keep=self.scale_by_keep,
             batch_axis=self.batch_axis,
@@ -476,7 +468,7 @@ class DropConnect(Stochastic):
         key = self.training_key(deterministic, rngs)
         if key is None:
             return self.layer(*args, **kwargs)
-        keep_prob = _first_from(keep_prob, self.keep_prob, error_msg="no keep_prob")
+        keep_prob = checks.module_keep_prob(self, keep_prob)
         graphdef, params, rest = nnx.split(self.layer, nnx.Param, ...)
         masked = dropconnect(key, nnx.to_pure_dict(params), keep_prob, where=self.where)
         # replace_by_pure_dict puts new Variables into `params`; the layer's own are untouched.

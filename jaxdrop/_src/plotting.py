@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import os
 from collections.abc import Callable, Sequence
@@ -12,6 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdrop._src import checks
+from jaxdrop._src.cutout import cutout
+from jaxdrop._src.dropblock import dropblock
+from jaxdrop._src.dropout import dropout
+from jaxdrop._src.spatial_dropout import spatial_dropout
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -35,24 +40,39 @@ def _import_matplotlib():
     return Figure
 
 
-def _methods(
-    keep_prob: float, block_sizes: Sequence[int], cutout_size: int
-) -> list[tuple[str, Callable[[jax.Array, jax.Array], jax.Array]]]:
-    """(title, fn(key, x)) for every panel. Resolved at call time through the public API."""
-    import jaxdrop
+@dataclasses.dataclass(frozen=True)
+class _Panel:
+    """One column of the figure: a title and the method, ``fn(key, x)``."""
 
-    methods = [
-        ("dropout", lambda k, x: jaxdrop.dropout(k, x, keep_prob)),
-        ("SpatialDropout", lambda k, x: jaxdrop.spatial_dropout(k, x, keep_prob)),
+    title: str
+    fn: Callable[[jax.Array, jax.Array], jax.Array]
+    # Whether the method may run on one channel and have its mask broadcast over the others.
+    # SpatialDropout (whole channels) and Cutout (every channel of a patch) define their own
+    # relation between channels, so they always see them all.
+    shareable: bool
+
+
+def _panels(keep_prob: float, block_sizes: Sequence[int], cutout_size: int) -> list[_Panel]:
+    panels = [
+        _Panel("dropout", lambda k, x: dropout(k, x, keep_prob), shareable=True),
+        _Panel("SpatialDropout", lambda k, x: spatial_dropout(k, x, keep_prob), shareable=False),
     ]
     for b in block_sizes:
-        methods.append(
-            (f"DropBlock {b}x{b}", lambda k, x, b=b: jaxdrop.dropblock(k, x, keep_prob, b))
+        panels.append(
+            _Panel(
+                f"DropBlock {b}x{b}",
+                lambda k, x, b=b: dropblock(k, x, keep_prob, b),
+                shareable=True,
+            )
         )
-    methods.append(
-        (f"Cutout {cutout_size}x{cutout_size}", lambda k, x: jaxdrop.cutout(k, x, cutout_size))
+    panels.append(
+        _Panel(
+            f"Cutout {cutout_size}x{cutout_size}",
+            lambda k, x: cutout(k, x, cutout_size),
+            shareable=False,
+        )
     )
-    return methods
+    return panels
 
 
 def plot_masks(
@@ -112,8 +132,9 @@ def plot_masks(
 
     Raises:
       ImportError: if matplotlib is not installed (``pip install 'jaxdrop[plot]'``).
-      ValueError: if ``x`` is not 2-D or 3-D, ``keep_prob`` is outside [0, 1], a size is not a
-        positive int, or a channel is out of range.
+      TypeError: if ``rng`` is not a PRNG key.
+      ValueError: if ``rng`` is a batch of keys, ``x`` is not 2-D or 3-D, ``keep_prob`` is
+        outside [0, 1], a size is not a positive int, or a channel is out of range.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -131,6 +152,7 @@ def plot_masks(
       DeVries and Taylor, `Improved Regularization of Convolutional Neural Networks with Cutout
       <https://arxiv.org/abs/1708.04552>`_, 2017
     """
+    checks.check_key(rng)
     Figure = _import_matplotlib()
     x = np.asarray(x)
     if x.ndim == 2:
@@ -138,7 +160,7 @@ def plot_masks(
     if x.ndim != 3:
         raise ValueError(f"`x` must have shape (H, W, C) or (H, W), got shape {x.shape}.")
     h, w, c = x.shape
-    checks.check_keep_prob(keep_prob)
+    keep_prob = checks.check_keep_prob(keep_prob)
     block_sizes = tuple(_positive_int(b, "block_sizes") for b in block_sizes)
     cutout_size = max(1, min(h, w) // 2) if cutout_size is None else cutout_size
     cutout_size = _positive_int(cutout_size, "cutout_size")
@@ -157,20 +179,19 @@ def plot_masks(
     # so they are exactly what the public function drops, whatever its rescaling.
     ones = jnp.ones((1, h, w, c), jnp.float32)
     shared = jnp.ones((1, h, w, 1), jnp.float32)
-    methods = _methods(keep_prob, block_sizes, cutout_size)
-    keys = jax.random.split(rng, len(methods))
+    panels = _panels(keep_prob, block_sizes, cutout_size)
+    keys = jax.random.split(rng, len(panels))
     masks = []
-    for (title, fn), key in zip(methods, keys, strict=True):
-        per_channel = title == "SpatialDropout" or (title.startswith("Cutout")) or not share
-        m = fn(key, ones if per_channel else shared) != 0
+    for panel, key in zip(panels, keys, strict=True):
+        m = panel.fn(key, shared if share and panel.shareable else ones) != 0
         masks.append(np.broadcast_to(np.asarray(m)[0], (h, w, c)))
 
-    nrows, ncols = (1 if image else len(channels)), 1 + len(methods)
+    nrows, ncols = (1 if image else len(channels)), 1 + len(panels)
     panel_w = max(1, round(panel_px * w / h))
     width, height = ncols * panel_w, nrows * panel_px + HEADER_PX
     fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
     titles = [f"input\n{h} x {w} x {c}"] + [
-        f"{title}\nkept {m.mean():.2f}" for (title, _), m in zip(methods, masks, strict=True)
+        f"{panel.title}\nkept {m.mean():.2f}" for panel, m in zip(panels, masks, strict=True)
     ]
     pad = PAD_PX if min(panel_w, panel_px) > 4 * PAD_PX else 0
     for col in range(ncols):

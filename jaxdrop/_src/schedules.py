@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -12,7 +13,7 @@ import numpy as np
 from jaxdrop._src import checks
 
 Rule = Literal["dropblock", "linear"]
-RULES = ("dropblock", "linear")
+RULES: tuple[str, ...] = typing.get_args(Rule)
 
 
 def layer_keep_probs(
@@ -66,7 +67,7 @@ def layer_keep_probs(
     Raises:
       TypeError: if ``keep_prob`` is neither a number, a scalar array nor a callable, or
         ``num_layers`` is not an int.
-      ValueError: if a Python ``keep_prob`` is outside [0, 1], ``num_layers`` is below 1, ``rule``
+      ValueError: if a concrete ``keep_prob`` is outside [0, 1], ``num_layers`` is below 1, ``rule``
         is unknown, or explicit multipliers have the wrong length or lie outside [0, 1].
 
     Examples:

@@ -6,8 +6,7 @@ from collections.abc import Sequence
 
 import jax
 
-from jaxdrop._src import checks
-from jaxdrop._src.dropout import drop_units
+from jaxdrop._src import checks, masking
 
 
 def spatial_dropout(
@@ -41,9 +40,10 @@ def spatial_dropout(
       An array with the shape and dtype of ``x``.
 
     Raises:
-      TypeError: if ``x`` is not floating, or an option has the wrong type.
-      ValueError: if a Python ``keep_prob`` is outside [0, 1], or ``spatial_dims`` is empty, out
-        of bounds or repeated.
+      TypeError: if ``rng`` is not a PRNG key, ``x`` is not floating, or an option has the wrong
+        type.
+      ValueError: if ``rng`` is a batch of keys, a concrete ``keep_prob`` is outside [0, 1], or
+        ``spatial_dims`` is empty, out of bounds or repeated.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -62,12 +62,12 @@ def spatial_dropout(
       Tompson et al, `Efficient object localization using convolutional networks
       <https://arxiv.org/abs/1411.4280>`_, 2015
     """
+    checks.check_key(rng)
     x = checks.as_floating_array(x)
-    checks.check_keep_prob(keep_prob)
+    keep_prob = checks.check_keep_prob(keep_prob)
     spatial = checks.canonical_axes(spatial_dims, x.ndim, "spatial_dims", shape=x.shape)
     checks.check_nonempty_axes(spatial, "spatial_dims", "; for independent units use `dropout`")
-    # Python-only fast paths: nothing to drop. Never branch on a traced keep_prob.
-    if x.size == 0 or (checks.is_python_number(keep_prob) and keep_prob == 1.0):
+    if checks.nothing_to_drop(x.size, keep_prob):
         return x
     mask_shape = tuple(1 if d in spatial else n for d, n in enumerate(x.shape))
-    return drop_units(rng, x, keep_prob, mask_shape=mask_shape, normalize="expected")
+    return masking.drop_units(rng, x, keep_prob, mask_shape=mask_shape, normalize="expected")
