@@ -26,48 +26,21 @@ NORMALIZE_CHOICES: tuple[str, ...] = typing.get_args(Normalize)
 # make_mask(rng, keep_prob) -> a boolean keep-mask (True on the units that are kept).
 MaskFn = Callable[[jax.Array, jax.Array], jax.Array]
 
-# Partial sums are taken over at most this many int32 values below 2**16, so they stay below 2**31.
-_CHUNK = 2**15
 _INT32_LIMIT = 2**31
-# The first level of count_true sums along one axis: in int8 up to 127 entries (longer axes are
-# split into rows of a divisor of their length, when one of at least _MIN_SPLIT exists), else in
-# int16 or int32. Long 1-D masks are split into rows of _ROW_1D.
-_ROW_INT8 = 127
-_ROW_INT16 = 2**14
+# Longest axis that _xla_cpu_row_sums sums in int8 (127 ones still fit in an int8).
+_INT8_ROW = 127
+# A long axis is split into rows of its largest divisor up to _INT8_ROW, if that is at least
+# this long (shorter rows would cost more slice adds than they save).
 _MIN_SPLIT = 8
-_ROW_1D = 64
 
 
-def _split_sum_small(values: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Exact sum of int32 ``values`` in [0, 2**16) as int32 ``(high, low)``: high * 2**16 + low."""
-    values = values.ravel()
-    if values.size <= _CHUNK:
-        total = jnp.sum(values, dtype=jnp.int32)  # At most 2**15 values below 2**16: < 2**31.
-        return total >> 16, total & 0xFFFF
-    pad = (-values.size) % _CHUNK
-    return _split_sum(jnp.pad(values, (0, pad)).reshape(-1, _CHUNK).sum(axis=1, dtype=jnp.int32))
+def _xla_cpu_row_sums(mask: jax.Array, axis: int) -> jax.Array:
+    """``sum(mask, axis)`` as int8, as a pairwise tree of slice adds (at most 127 slices).
 
-
-def _split_sum(values: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Exact sum of int32 ``values`` in [0, 2**31) as int32 ``(high, low)``, low in [0, 2**16).
-
-    Each value is split into 16-bit halves so that no int32 sum overflows; exact for totals below
-    2**47.
-    """
-    low_high, low_low = _split_sum_small(values & 0xFFFF)
-    high_high, high_low = _split_sum_small(values >> 16)
-    # low + 2**16 * high, with high = high_high * 2**16 + high_low.
-    return low_high + high_low + (high_high << 16), low_low
-
-
-def _sum_slices_int8(mask: jax.Array, axis: int) -> jax.Array:
-    """``sum(mask, axis)`` in int8 (``mask.shape[axis]`` at most 127), as elementwise adds.
-
-    The slices along a non-minor ``axis`` are added pairwise: an elementwise tree that XLA:CPU
-    fuses with the mask's producer and vectorises along the trailing axes, where a reduce over
-    that axis is a strided scalar loop per output element. Measured inside ``dropblock`` at
-    ``(16, 28, 28, 512)`` float32, block 7: the forward falls from 3.4x to 2.4x the ``x * 2``
-    floor (``normalize="expected"``, which counts nothing, is 2.0x).
+    A speed trick for XLA:CPU. There a reduce over a non-minor axis is a strided scalar loop per
+    output element, and a wider accumulator first writes the mask out at that width; an
+    elementwise tree of int8 slices instead fuses with the mask's producer and vectorises along
+    the trailing axes. Other backends fuse either form.
     """
     values = mask.astype(jnp.int8)
     parts = [lax.index_in_dim(values, i, axis, keepdims=False) for i in range(mask.shape[axis])]
@@ -77,6 +50,60 @@ def _sum_slices_int8(mask: jax.Array, axis: int) -> jax.Array:
     return parts[0]
 
 
+def row_counts(mask: jax.Array) -> tuple[jax.Array, int]:
+    """Counts of ``True`` along one axis of ``mask``, as int32, and the most any count can be.
+
+    The reduced axis is the second-to-last, which is spatial in every default layout (W of
+    NHWC, H of NCHW, L of NLC), and no axes are merged: reducing a sharded axis first (the
+    channels of a tensor-parallel NHWC mask) would all-reduce the partial counts, and flattening
+    the mask would all-gather it, whereas this way the only communication is the all-reduce of
+    the total (tests/test_sharding.py). A 0-d or 1-D mask is its own counts.
+    """
+    if mask.ndim < 2:
+        return mask.astype(jnp.int32), 1
+    axis = mask.ndim - 2
+    length = mask.shape[axis]
+    if length > _INT8_ROW:
+        # Split (never merge) a long axis into (length // row, row), so rows fit in int8.
+        row = max(d for d in range(1, _INT8_ROW + 1) if length % d == 0)
+        if row >= _MIN_SPLIT:
+            mask = mask.reshape(mask.shape[:axis] + (length // row, row) + mask.shape[axis + 1 :])
+            axis, length = axis + 1, row
+    if 0 < length <= _INT8_ROW:
+        return _xla_cpu_row_sums(mask, axis).astype(jnp.int32), length
+    return jnp.sum(mask, axis=axis, dtype=jnp.int32), length
+
+
+def _add_with_carry(a, b):
+    # (high, low) stands for high * 2**16 + low with low in [0, 2**16): adding the lows stays
+    # below 2**17 and the carry moves to the highs, so nothing overflows below 2**47.
+    (high_a, low_a), (high_b, low_b) = a, b
+    low = low_a + low_b
+    return high_a + high_b + (low >> 16), low & 0xFFFF
+
+
+def exact_total(counts: jax.Array, bound: int) -> jax.Array:
+    """The sum of int32 ``counts`` in [0, bound], as float32, rounded once.
+
+    An int32 sum is exact while the total stays below 2**31. Past that, trailing axes are summed
+    in int32 while they cannot reach 2**31 (a plain reduction, no reshape), and the partial sums
+    are combined exactly as 16-bit (high, low) pairs by one variadic reduction. Exact below 2**47;
+    the float32 result is correctly rounded below 2**40.
+    """
+    if counts.size * bound < _INT32_LIMIT:
+        return jnp.sum(counts, dtype=jnp.int32).astype(jnp.float32)
+    split = counts.ndim
+    while split > 0 and math.prod(counts.shape[split - 1 :]) * bound < _INT32_LIMIT:
+        split -= 1
+    partial = jnp.sum(counts, axis=tuple(range(split, counts.ndim)), dtype=jnp.int32)
+    zero = jnp.zeros((), jnp.int32)
+    high, low = lax.reduce(
+        (partial >> 16, partial & 0xFFFF), (zero, zero), _add_with_carry, tuple(range(partial.ndim))
+    )
+    # high < 2**24 below 2**40 entries, so high * 2**16 is exact and the sum rounds once.
+    return high.astype(jnp.float32) * jnp.float32(2**16) + low.astype(jnp.float32)
+
+
 def count_true(mask: jax.Array) -> jax.Array:
     """Number of ``True`` entries of ``mask`` as float32, counted exactly in integers.
 
@@ -84,47 +111,7 @@ def count_true(mask: jax.Array) -> jax.Array:
     integer sums, combined without overflow for any size; only the final total is rounded to
     float32, once (correctly rounded below 2**40 entries).
     """
-    if mask.ndim < 2:
-        if mask.size <= _ROW_INT16:
-            return jnp.sum(mask, dtype=jnp.int32).astype(jnp.float32)
-        # Split (never merge) a long 1-D mask into rows, padded with False.
-        mask = jnp.pad(mask.reshape(-1), (0, (-mask.size) % _ROW_1D)).reshape(-1, _ROW_1D)
-        axis = 1
-    else:
-        axis = mask.ndim - 2
-    # First level: a reduction over one axis in a narrow integer type. Speed: XLA:CPU fuses it
-    # with the mask's producer, where a single int32 sum over the whole mask (or an int16 / int32
-    # first level) first writes the mask out as int32 (4 bytes a unit) and is several times
-    # slower. Sharding: it reduces the second-to-last axis, which is spatial in every default
-    # layout (W of NHWC, H of NCHW, L of NLC), and merges no axes. Reducing a sharded axis first
-    # (the channels of a tensor-parallel NHWC mask) would all-reduce the partial row sums, and
-    # flattening the mask would all-gather it (tests/test_sharding.py); this way the only
-    # communication is the scalar all-reduce of the total.
-    length = mask.shape[axis]
-    if length > _ROW_INT8:
-        # Split (never merge) a long axis into (length / row, row) and sum the rows in int8.
-        row = max(d for d in range(1, _ROW_INT8 + 1) if length % d == 0)
-        if row >= _MIN_SPLIT:
-            mask = mask.reshape(mask.shape[:axis] + (length // row, row) + mask.shape[axis + 1 :])
-            axis, length = axis + 1, row
-    if 0 < length <= _ROW_INT8 and axis < mask.ndim - 1:
-        # Sliced adds, not a reduce, when trailing axes are there to vectorise along.
-        rows = _sum_slices_int8(mask, axis).astype(jnp.int32)  # Each at most `length`.
-    else:
-        wide = jnp.int16 if length <= _ROW_INT16 else jnp.int32
-        dtype = jnp.int8 if length <= _ROW_INT8 else wide
-        rows = jnp.sum(mask, axis=axis, dtype=dtype).astype(jnp.int32)  # Each at most `length`.
-    if mask.size < _INT32_LIMIT:
-        return jnp.sum(rows, dtype=jnp.int32).astype(jnp.float32)
-    # Past 2**31 entries: sum the trailing axes of the rows while the partial sums stay below
-    # 2**31 (again a reduction, no reshape), then combine the partial sums exactly.
-    split = rows.ndim
-    while split > 0 and math.prod(rows.shape[split - 1 :]) * length < _INT32_LIMIT:
-        split -= 1
-    partial = jnp.sum(rows, axis=tuple(range(split, rows.ndim)), dtype=jnp.int32)
-    high, low = _split_sum(partial)
-    # high < 2**24 below 2**40 entries, so high * 2**16 is exact and the sum rounds once.
-    return high.astype(jnp.float32) * jnp.float32(2**16) + low.astype(jnp.float32)
+    return exact_total(*row_counts(mask))
 
 
 def compute_scale(mask: jax.Array, keep_prob: jax.Array, normalize: Normalize) -> jax.Array:
