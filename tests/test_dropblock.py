@@ -294,7 +294,7 @@ SPARSE_CASES = {
     # Seed grids large enough that CPU draws only the seeds.
     "nhwc": ((2, 30, 34, 4), 5, (1, 2)),
     "nchw": ((2, 4, 30, 34), (5, 4), (2, 3)),
-    "1d-sequence": ((2, 400, 3), 5, (1,)),
+    "1d-sequence": ((2, 800, 3), 5, (1,)),
 }
 
 

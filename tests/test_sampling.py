@@ -144,7 +144,8 @@ def test_layout_keeps_the_batch_axis_and_merges_short_rows():
     assert sampling.row_axes((22, 22, 512), 0) == 0
     plan = sampling.sparse_plan((4, 3 * 2**24), 1, 1e-6)
     assert (plan.rows, plan.sub_rows) == (4, 4) and plan.length < 2**24
-    assert sampling.sparse_plan((4, 100), 1, 0.5) is None  # Dense is cheaper.
+    assert sampling.sparse_plan((4, 5000), 1, 0.5) is None  # Dense is cheaper.
+    assert sampling.sparse_plan((4, 1000), 1, 0.001) is None  # Small grids are drawn densely.
     with pytest.raises(ValueError, match="max_row"):
         sampling.sparse_plan((4, 100), 1, 0.01, max_row=2**24)
 

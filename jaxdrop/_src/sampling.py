@@ -33,7 +33,8 @@ to a power of 4, so nearby values share a compilation) or from ``min_keep_prob``
 **Per platform.** :func:`jax.lax.platform_dependent` picks the sparse sampler on CPU and the
 dense one elsewhere, at lowering time. The CPU choice is static too: a cost model, ``R * (K *
 _SPARSE_DRAW_NS + n * _SPARSE_POSITION_NS)`` against ``R * n * _DENSE_POSITION_NS``, picks the
-dense draw on every platform when it is not more expensive.
+dense draw on every platform when it is not more expensive, and for grids below
+``_DENSE_BELOW`` positions.
 
 **Index arithmetic.** The cumulative sum runs in float32 over integer-valued steps clipped to
 ``n + 1``. For ``n < 2**24`` every prefix that lands inside the row is computed exactly (all its
@@ -69,6 +70,9 @@ ROWS_COVERED = 2**20
 # Trailing leading axes are merged into the row while rows are shorter than this: short rows
 # pay the budget's tail margin (a few standard deviations plus a constant) once each.
 _MIN_ROW = 2**14
+# Grids smaller than this are drawn densely: the fixed costs dominate either way, and the dense
+# draw compiles one sampler instead of one per platform.
+_DENSE_BELOW = 4096
 # CPU cost model, in nanoseconds: one gap of the sparse sampler (a uniform, a log, the cumsum
 # and the scatter), one position of its zeroed row, and one position of the dense draw.
 # Measured on the 2-core CPU with jax 0.10.2: the fastest of 30 jitted calls of each sampler
@@ -160,7 +164,7 @@ def sparse_plan(
     axes = row_axes(shape, leading_axes)
     rows = math.prod(shape[:axes])
     row_length = math.prod(shape[axes:])
-    if rows * row_length == 0 or not 0.0 <= gamma_cap < 1.0:
+    if rows * row_length < _DENSE_BELOW or not 0.0 <= gamma_cap < 1.0:
         return None
     sub_rows = -(-row_length // max_row)
     length = -(-row_length // sub_rows)
