@@ -386,3 +386,19 @@ def test_modules_forward_min_keep_prob(key):
 def test_bad_min_keep_prob(key, min_keep_prob, keep_prob, error, match):
     with pytest.raises(error, match=match):
         jaxdrop.dropblock(key, jnp.ones((2, 8, 8, 3)), keep_prob, 3, min_keep_prob=min_keep_prob)
+
+
+def test_sparse_sampler_reuses_no_key():
+    # Forward and gradient on the sparse path (Python keep_prob, and traced with a bound):
+    # platform_dependent passes the key to one sampler, and the backward pass's redraw is the
+    # deliberate, cloned one.
+    x = jnp.ones((2, 28, 28, 8))
+    with jax.debug_key_reuse(True):
+        for seed, p, bound in ((0, 0.9, None), (1, jnp.float32(0.9), 0.8)):
+            key = jax.random.key(seed)  # A fresh key per step: using one twice is a reuse.
+
+            def loss(x, key, p=p, bound=bound):
+                return jaxdrop.dropblock(key, x, p, 3, min_keep_prob=bound).sum()
+
+            grad = jax.jit(jax.grad(loss))(x, key)
+            assert 0 < float(jnp.mean(grad == 0)) < 0.5
