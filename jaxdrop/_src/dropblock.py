@@ -18,8 +18,10 @@ from jaxdrop._src import checks, masking, sampling
 _CALIBRATE_STEPS = 40
 # The static bound on gamma for the sparse sampler: the float64 gamma plus a margin for the
 # float32 arithmetic of the run-time gamma, and for a Python keep_prob rounded up to a power of
-# 4. A rung costs at most 4 times the draws of the exact bound; the draws are a small part of
-# the sparse sampler at DropBlock's gammas, and keep_probs 0.5 to 0.9 need at most 2 rungs.
+# 4. A rung costs at most about 4 times the draws of the exact bound, and the draws (about
+# n * gamma per row) are a small part of a call that touches every unit of x; powers of 2 would
+# halve that and double the compilations of a changing Python keep_prob (keep_probs 0.5 to 0.9,
+# a factor 5 in the paper's gamma, span at most 3 rungs of 4).
 _CAP_RELATIVE = 2.0**-10
 _CAP_ABSOLUTE = 2.0**-16
 _CAP_LADDER = 4.0
