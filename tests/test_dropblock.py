@@ -6,11 +6,13 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import oracle
 import pytest
 from jax.test_util import check_grads
 
 import jaxdrop
 from jaxdrop._src import dropblock as dropblock_src
+from jaxdrop._src import sampling
 
 # Representative layouts (issue 2): (shape, block_size, spatial_dims).
 CASES = {
@@ -266,3 +268,121 @@ def test_bad_input(key, kwargs, error, match):
     args.update(kwargs)
     with pytest.raises(error, match=match):
         jaxdrop.dropblock(key, args.pop("x"), args.pop("keep_prob"), args.pop("block_size"), **args)
+
+
+# ---------------------------------------------------------------------------------------------
+# The sparse sampler (CPU, with a static bound on gamma) and min_keep_prob
+# ---------------------------------------------------------------------------------------------
+
+SPARSE_CASES = {
+    # Seed grids large enough that CPU draws only the seeds.
+    "nhwc": ((2, 30, 34, 4), 5, (1, 2)),
+    "nchw": ((2, 4, 30, 34), (5, 4), (2, 3)),
+    "1d-sequence": ((2, 800, 3), 5, (1,)),
+}
+
+
+@pytest.mark.parametrize("case", SPARSE_CASES)
+def test_sparse_mask_is_the_oracle_of_its_seeds(key, case):
+    shape, block, spatial = SPARSE_CASES[case]
+    blocks = tuple(_blocks(shape, block, spatial))
+    keep_prob = 0.8
+    cap = dropblock_src.seed_cap(shape, spatial, blocks, False, keep_prob, None)
+    assert cap is not None  # Otherwise this would test the dense draw.
+    sizes = tuple(shape[d] for d in spatial)
+    gamma = dropblock_src.seed_probability(jnp.float32(keep_prob), sizes, blocks, False)
+    seed_shape = list(shape)
+    for d, b in zip(spatial, blocks, strict=True):
+        seed_shape[d] -= b - 1
+    seeds = sampling.bernoulli_seeds(
+        key, gamma, tuple(seed_shape), gamma_cap=cap, leading_axes=min(spatial)
+    )
+    mask = dropblock_src.dropblock_mask(
+        key,
+        jnp.float32(keep_prob),
+        shape=shape,
+        spatial_dims=spatial,
+        block_size=blocks,
+        calibrate=False,
+        seed_cap=cap,
+    )
+    np.testing.assert_array_equal(
+        np.asarray(mask), oracle.dropblock_keep(np.asarray(seeds), spatial, blocks)
+    )
+    assert 0 < np.asarray(mask).mean() < 1
+    # And dropblock itself uses that mask.
+    y = jaxdrop.dropblock(key, jnp.ones(shape), keep_prob, block, spatial_dims=spatial)
+    np.testing.assert_array_equal(np.asarray(y) != 0, np.asarray(mask))
+
+
+def test_vmap_matches_per_example_loop_with_the_sparse_sampler():
+    # Per example, a (28, 28, 8) map: one row of 26 * 26 * 8 seed positions, sparse on CPU.
+    keys = jax.random.split(jax.random.key(5), 3)
+    xs = jax.random.normal(jax.random.key(6), (3, 28, 28, 8))
+    assert dropblock_src.seed_cap(xs.shape[1:], (0, 1), (3, 3), False, 0.9, None) is not None
+    for normalize in ("actual", "expected"):
+        f = lambda k, x, n=normalize: jaxdrop.dropblock(k, x, 0.9, 3, normalize=n)  # noqa: E731
+        batched = jax.vmap(f)(keys, xs)
+        for i in range(3):
+            np.testing.assert_array_equal(batched[i], f(keys[i], xs[i]))
+
+
+def test_traced_keep_prob_below_min_keep_prob_is_clipped_up(key):
+    x = jnp.ones((2, 30, 30, 4))
+    f = jax.jit(lambda p: jaxdrop.dropblock(key, x, p, 5, normalize="expected", min_keep_prob=0.8))
+    at_min = np.asarray(f(jnp.float32(0.8)))
+    assert 0 < (at_min == 0).mean() < 0.3
+    # Below the bound, and NaN (which counts as 0), give exactly the output at the bound,
+    # scale included.
+    for below in (0.3, 0.0, float("nan")):
+        np.testing.assert_array_equal(np.asarray(f(jnp.float32(below))), at_min)
+    np.testing.assert_array_equal(np.asarray(f(jnp.float32(1.0))), x)
+    # Above the bound nothing is clipped: the expected scale is 1 / keep_prob.
+    kept = np.asarray(f(jnp.float32(0.9)))
+    np.testing.assert_array_equal(kept[kept != 0], np.float32(1) / np.float32(0.9))
+    # A Python keep_prob at or above the bound is the plain call.
+    np.testing.assert_array_equal(
+        jaxdrop.dropblock(key, x, 0.9, 5, min_keep_prob=0.8), jaxdrop.dropblock(key, x, 0.9, 5)
+    )
+
+
+def test_modules_forward_min_keep_prob(key):
+    x = jnp.ones((2, 30, 30, 4))
+    want = jax.jit(lambda p: jaxdrop.dropblock(key, x, p, 5, min_keep_prob=0.8))(0.5)
+    linen = jaxdrop.linen.DropBlock(0.9, 5, min_keep_prob=0.8, deterministic=False)
+    got = jax.jit(lambda p: linen.apply({}, x, keep_prob=p, rng=key))(0.5)
+    np.testing.assert_array_equal(got, want)
+    layer = jaxdrop.nnx.DropBlock(0.9, 5, min_keep_prob=0.8)
+    np.testing.assert_array_equal(layer(x, keep_prob=jnp.float32(0.5), rngs=key), want)
+
+
+@pytest.mark.parametrize(
+    "min_keep_prob,keep_prob,error,match",
+    [
+        (0.0, 0.9, ValueError, r"`min_keep_prob` must be in \(0, 1\], got 0.0"),
+        (1.5, 0.9, ValueError, "`min_keep_prob` must be in"),
+        (float("nan"), 0.9, ValueError, "`min_keep_prob`"),
+        ("0.8", 0.9, TypeError, "`min_keep_prob` must be a Python float"),
+        (jnp.float32(0.8), 0.9, TypeError, "`min_keep_prob` must be a Python float"),
+        (0.8, 0.5, ValueError, "`keep_prob` must be at least `min_keep_prob`.*0.5.*0.8"),
+    ],
+)
+def test_bad_min_keep_prob(key, min_keep_prob, keep_prob, error, match):
+    with pytest.raises(error, match=match):
+        jaxdrop.dropblock(key, jnp.ones((2, 8, 8, 3)), keep_prob, 3, min_keep_prob=min_keep_prob)
+
+
+def test_sparse_sampler_reuses_no_key():
+    # Forward and gradient on the sparse path (Python keep_prob, and traced with a bound):
+    # platform_dependent passes the key to one sampler, and the backward pass's redraw is the
+    # deliberate, cloned one.
+    x = jnp.ones((2, 28, 28, 8))
+    with jax.debug_key_reuse(True):
+        for seed, p, bound in ((0, 0.9, None), (1, jnp.float32(0.9), 0.8)):
+            key = jax.random.key(seed)  # A fresh key per step: using one twice is a reuse.
+
+            def loss(x, key, p=p, bound=bound):
+                return jaxdrop.dropblock(key, x, p, 3, min_keep_prob=bound).sum()
+
+            grad = jax.jit(jax.grad(loss))(x, key)
+            assert 0 < float(jnp.mean(grad == 0)) < 0.5

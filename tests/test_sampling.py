@@ -1,9 +1,13 @@
-"""The sparse seed sampler: exactly the distribution of independent Bernoulli(gamma) draws.
+"""The seed samplers: exactly the distribution of independent Bernoulli(gamma) draws.
+
+The sparse sampler (CPU, with a static bound on gamma) draws a static budget of geometric gaps
+per row; the dense one is ``jax.random.bernoulli``. Exact properties first (the budget's bound,
+what a gamma above the bound does, the bound on the run-time gamma), then statistics.
 
 Statistical tests use fixed keys and bands of 5 standard deviations (fail probability below about
 6e-7 for a normal statistic, per check); with fixed keys they are deterministic, and each band is
-narrow enough that the bugs named next to it (lost seeds, a biased redraw, a wrong gap formula)
-fall far outside it.
+narrow enough that the bugs named next to it (lost seeds, a wrong gap formula, a lost or
+duplicated sub-row) fall far outside it.
 """
 
 import functools
@@ -19,19 +23,27 @@ from jaxdrop._src import dropblock as dropblock_lib
 from jaxdrop._src import sampling
 
 N_KEYS = 1000  # Independent grids per statistical check.
-SHAPE = (50, 200)  # n = 10 000 positions: above the dense-only size, so the ladder is sparse.
+SHAPE = (4, 2500)  # 4 rows of 2 500 positions.
 N = math.prod(SHAPE)
 Z = 5.0  # Width of every band, in standard deviations.
 
 
-def _counts(gamma, *, tiers=None, max_chunk=sampling.MAX_CHUNK, shape=SHAPE, seed=0):
+def _counts(gamma, *, gamma_cap, max_row=sampling.MAX_ROW, shape=SHAPE, seed=0):
     """Seed counts of N_KEYS independent grids, and their per-position totals."""
+    if gamma_cap is not None:  # Otherwise the test would not test the sparse sampler.
+        assert sampling.sparse_plan(shape, 1, gamma_cap, max_row) is not None
 
     @jax.jit
     def draw(keys, gamma):
         grids = jax.vmap(
             lambda k: sampling.bernoulli_seeds(
-                k, gamma, shape, dtype=jnp.uint8, tiers=tiers, max_chunk=max_chunk
+                k,
+                gamma,
+                shape,
+                dtype=jnp.uint8,
+                gamma_cap=gamma_cap,
+                leading_axes=1,
+                max_row=max_row,
             )
         )(keys)
         flat = grids.reshape(N_KEYS, -1).astype(jnp.int32)
@@ -84,38 +96,67 @@ def _check_uniform_positions(per_position, p):
     assert chi2 < 49 + Z * math.sqrt(98), chi2
 
 
-def test_ladder():
-    assert sampling.budget_ladder(100) == ()  # Small grids are drawn densely.
-    tiers = sampling.budget_ladder(4_000_000)
-    thresholds = [t for t, _ in tiers]
-    assert thresholds[0] == 0.25
-    assert all(a / b == 8 for a, b in zip(thresholds, thresholds[1:], strict=False))
-    for t, k in tiers:
-        mean = 4_000_000 * t
-        assert mean + 5 * math.sqrt(mean * (1 - t)) <= k <= 4_000_000
-    assert tiers[-1][1] <= 1024 < tiers[-2][1]  # The ladder ends at the smallest useful budget.
-    assert len(tiers) <= 6  # Few branches to compile.
+def _log_binomial_tail(n, p, k):
+    """Exact natural log of P(Binomial(n, p) >= k), summed term by term from lgamma."""
+    terms = [
+        math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1)
+        + j * math.log(p) + (n - j) * math.log1p(-p)
+        for j in range(k, n + 1)
+    ]  # fmt: skip
+    top = max(terms)
+    return top + math.log(sum(math.exp(t - top) for t in terms))
 
 
-def test_tier_index_traced():
-    tiers = sampling.budget_ladder(4_000_000)
-    index = jax.jit(lambda g: sampling.tier_index(g, tiers))
-    assert int(index(jnp.float32(0.5))) == 0  # Dense above the top threshold.
-    for j, (t, _) in enumerate(tiers):
-        assert int(index(jnp.float32(t))) == j + 1  # A threshold belongs to its own tier.
-        assert int(index(jnp.float32(t * 1.01))) == j  # Just above it: the tier above.
-    assert int(index(jnp.float32(0.0))) == len(tiers)
-    assert index._cache_size() == 1
+@pytest.mark.parametrize(
+    "n,g,rows",
+    [(2_500, 0.004, 4), (247_808, 2**-8, 16), (500, 0.05, 2**21), (100, 0.3, 1), (40, 0.9, 1)],
+)
+def test_budget_is_a_rigorous_and_minimal_bound(n, g, rows):
+    k = sampling.seed_budget(n, g, rows)
+    log_delta = sampling.LOG2_OVERFLOW * math.log(2) - math.log(max(rows, sampling.ROWS_COVERED))
+    assert n * g < k <= n
+    # The Chernoff bound certifies K, and K - 1 is not certified: K is the smallest.
+    assert sampling.log_tail_bound(n, g, k + 1) <= log_delta
+    assert sampling.log_tail_bound(n, g, k) > log_delta
+    # The bound is an upper bound of the exact tail, at K + 1 and between the mean and K.
+    if k < n:
+        assert _log_binomial_tail(n, g, k + 1) <= sampling.log_tail_bound(n, g, k + 1)
+        assert _log_binomial_tail(n, g, k + 1) <= log_delta
+    for j in np.linspace(math.ceil(n * g) + 1, k, 4).astype(int):
+        assert _log_binomial_tail(n, g, int(j)) <= sampling.log_tail_bound(n, g, int(j)) + 1e-9
+    assert sampling.seed_budget(n, 0.0, rows) == 0
+    assert sampling.seed_budget(n, 1.0, rows) == n
 
 
-@pytest.mark.parametrize("gamma", [0.003, 0.4])
+def test_budget_does_not_depend_on_the_rows_up_to_rows_covered():
+    # So a device's draws are the same whatever the number of devices (test_sharding.py).
+    assert sampling.seed_budget(10_000, 0.01, 1) == sampling.seed_budget(10_000, 0.01, 2**20)
+    assert sampling.seed_budget(10_000, 0.01, 2**30) > sampling.seed_budget(10_000, 0.01, 1)
+
+
+def test_layout_keeps_the_batch_axis_and_merges_short_rows():
+    # NHWC seed grid: rows are examples. NCHW: channels merge into the row (rows of 484 would be
+    # short), but axis 0 stays a row axis even when the row is short.
+    assert sampling.row_axes((16, 22, 22, 512), 1) == 1
+    assert sampling.row_axes((16, 512, 22, 22), 2) == 1
+    assert sampling.row_axes((16, 2, 200, 200), 2) == 2
+    assert sampling.row_axes((16, 8, 3), 1) == 1
+    assert sampling.row_axes((22, 22, 512), 0) == 0
+    plan = sampling.sparse_plan((4, 3 * 2**24), 1, 1e-6)
+    assert (plan.rows, plan.sub_rows) == (4, 4) and plan.length < 2**24
+    assert sampling.sparse_plan((4, 5000), 1, 0.5) is None  # Dense is cheaper.
+    assert sampling.sparse_plan((4, 1000), 1, 0.001) is None  # Small grids are drawn densely.
+    with pytest.raises(ValueError, match="max_row"):
+        sampling.sparse_plan((4, 100), 1, 0.01, max_row=2**24)
+
+
+@pytest.mark.parametrize("gamma", [0.003, 0.05])
 def test_sparse_and_dense_are_binomial(gamma):
-    # 0.003 takes a sparse tier, 0.4 the dense branch of the same switch.
-    counts, per_position = _counts(gamma)
+    cap = 1.25 * gamma
+    counts, per_position = _counts(gamma, gamma_cap=cap)
     _check_binomial(counts, N, gamma)
     _check_uniform_positions(per_position, gamma)
-    # Pure dense sampling (no tiers) agrees with the same checks.
-    dense_counts, dense_positions = _counts(gamma, tiers=(), seed=1)
+    dense_counts, dense_positions = _counts(gamma, gamma_cap=None, seed=1)
     _check_binomial(dense_counts, N, gamma)
     _check_uniform_positions(dense_positions, gamma)
     # Two-sample check of the means: difference of means has sd sqrt(2 var / m).
@@ -123,63 +164,104 @@ def test_sparse_and_dense_are_binomial(gamma):
     assert abs(counts.mean() - dense_counts.mean()) < Z * sd
 
 
-@pytest.mark.parametrize("budget", [5, 30])
-def test_overflow_keeps_the_distribution(budget):
-    # Mean 30 seeds: a budget of 5 always overflows; 30 overflows about half of the time, which
-    # is where redrawing everything on overflow (biased towards small counts) or dropping the
-    # seeds past the budget (capped counts) would show most.
-    gamma = 30 / N
-    tiers = ((1.0, budget),)
-    counts, per_position = _counts(gamma, tiers=tiers)
-    overflowed = np.mean(counts >= budget)
-    assert overflowed > (0.99 if budget == 5 else 0.3)
-    _check_binomial(counts, N, gamma)
-    _check_uniform_positions(per_position, gamma)
+def test_a_gamma_above_the_bound_loses_only_the_seeds_past_the_budget():
+    # The documented approximation, made certain: with gamma far above the bound, every row has
+    # more seeds than its budget, and exactly the first `budget` of them are drawn.
+    shape, cap = (4, 5000), 0.002
+    plan = sampling.sparse_plan(shape, 1, cap)
+    seeds = jax.jit(
+        lambda k: sampling.bernoulli_seeds(
+            k, jnp.float32(0.5), shape, dtype=jnp.uint8, gamma_cap=cap, leading_axes=1
+        )
+    )(jax.random.key(2))
+    np.testing.assert_array_equal(np.asarray(seeds).sum(axis=1), [plan.budget] * 4)
 
 
-def test_edges_of_gamma():
-    draw = jax.jit(lambda g: sampling.bernoulli_seeds(jax.random.key(3), g, SHAPE))
+@pytest.mark.parametrize("gamma_cap", [None, 0.01])
+def test_edges_of_gamma(gamma_cap):
+    draw = jax.jit(
+        lambda g: sampling.bernoulli_seeds(
+            jax.random.key(3), g, SHAPE, gamma_cap=gamma_cap, leading_axes=1
+        )
+    )
     assert not bool(draw(jnp.float32(0.0)).any())
-    assert bool(draw(jnp.float32(1.0)).all())
-    assert draw(jnp.float32(0.5)).dtype == jnp.bool_
-    # A tiny gamma in the smallest tier: at most a few seeds, never NaN-driven garbage.
+    assert draw(jnp.float32(0.005)).dtype == jnp.bool_
+    # A tiny gamma: at most a few seeds, never NaN-driven garbage.
     assert int(draw(jnp.float32(1e-7)).sum()) <= 3
+    if gamma_cap is None:
+        assert bool(draw(jnp.float32(1.0)).all())
 
 
-def test_chunks_are_independent_and_cover_the_grid():
-    # 7 * 3001 positions in 22 chunks of at most 1000, sparse in every chunk.
-    shape = (7, 3001)
-    gamma = 0.01
-    tiers = ((0.25, 300), (0.03, 60))
-    counts, per_position = _counts(gamma, tiers=tiers, max_chunk=1000, shape=shape)
+def test_sub_rows_are_independent_and_cover_the_row():
+    # 2 rows of 10 501 positions in sub-rows of at most 1 000 (11 of 955, the last one padded).
+    shape, gamma = (2, 10_501), 0.01
+    counts, per_position = _counts(gamma, gamma_cap=0.0125, max_row=1000, shape=shape)
     n = math.prod(shape)
     _check_binomial(counts, n, gamma)
-    # The first and last chunk are as dense as the rest (no chunk lost or duplicated).
-    first, last = per_position[:900].mean() / N_KEYS, per_position[-900:].mean() / N_KEYS
-    sd = math.sqrt(gamma * (1 - gamma) / (900 * N_KEYS))
-    assert abs(first - gamma) < Z * sd and abs(last - gamma) < Z * sd
-    with pytest.raises(ValueError, match="max_chunk"):
-        sampling.bernoulli_seeds(jax.random.key(0), 0.1, shape, max_chunk=2**24)
+    # The start and the end of each row are as dense as the rest (no sub-row lost, duplicated
+    # or shifted by the padding).
+    rows = per_position.reshape(shape)
+    sd = math.sqrt(gamma * (1 - gamma) / (2 * 900 * N_KEYS))
+    for part in (rows[:, :900], rows[:, -900:]):
+        assert abs(part.mean() / N_KEYS - gamma) < Z * sd
+
+
+LAYOUTS = [((28, 28), (7, 7)), ((7, 7), (3, 3)), ((9, 13), (4, 2)), ((40,), (5,))]
+
+
+@pytest.mark.parametrize("calibrate", [False, True])
+def test_gamma_bound_covers_the_float32_gamma(calibrate):
+    # The budget is only certified if the run-time float32 gamma stays below the static bound
+    # computed in float64: checked over a sweep of keep_probs, including ones close to 1 where
+    # float32 rounding is largest relative to gamma.
+    keep_probs = np.concatenate([np.linspace(0.02, 0.98, 49), [0.99, 0.999, 0.9999, 0.99999]])
+    for sizes, blocks in LAYOUTS:
+        gamma = functools.partial(
+            dropblock_lib.seed_probability, sizes=sizes, blocks=blocks, calibrate=calibrate
+        )
+        runtime = jax.jit(jax.vmap(gamma))
+        gammas = np.asarray(runtime(jnp.asarray(keep_probs, jnp.float32)), np.float64)
+        bounds = [dropblock_lib.gamma_bound(float(p), sizes, blocks, calibrate) for p in keep_probs]
+        assert np.all(gammas <= bounds), (sizes, keep_probs[gammas > bounds])
+        # A larger keep_prob (a traced value clipped up to min_keep_prob) gives a smaller gamma.
+        assert np.all(np.diff(gammas) <= 0)
 
 
 def test_no_retrace_when_keep_prob_changes(key):
     traces = []
 
-    @jax.jit
-    def f(key, x, keep_prob):
+    @functools.partial(jax.jit, static_argnames="min_keep_prob")
+    def f(key, x, keep_prob, min_keep_prob):
         traces.append(None)
-        return jaxdrop.dropblock(key, x, keep_prob, 5)
+        return jaxdrop.dropblock(key, x, keep_prob, 5, min_keep_prob=min_keep_prob)
 
     x = jnp.ones((2, 40, 40, 8))
-    # Across tiers: gamma goes from about 0.0002 (smallest tier) to dense.
-    for keep_prob in [0.999, 0.9, 0.5, 0.05]:
-        y = f(key, x, jnp.float32(keep_prob))
-        kept = float(jnp.mean(y != 0))
-        assert keep_prob - 0.15 < kept <= 1.0
-    assert len(traces) == 1
+    for min_keep_prob in (None, 0.5):
+        # gamma from about 0.0002 to above the bound (clipped) or dense.
+        for keep_prob in [0.999, 0.9, 0.5, 0.05]:
+            y = f(key, x, jnp.float32(keep_prob), min_keep_prob)
+            kept = float(jnp.mean(y != 0))
+            assert max(keep_prob, min_keep_prob or 0.0) - 0.15 < kept <= 1.0
+    assert len(traces) == 2
 
 
-def _mask_fractions(key, shape, keep_prob, block):
+def test_python_keep_probs_share_a_compilation_per_power_of_4(key):
+    x = jnp.ones((2, 40, 40, 8))
+    caps = {
+        p: dropblock_lib.seed_cap(x.shape, (1, 2), (5, 5), False, p, None)
+        for p in (0.5, 0.6, 0.7, 0.8, 0.9)
+    }
+    assert all(c is not None and math.log(c, 4) == round(math.log(c, 4)) for c in caps.values())
+    assert len(set(caps.values())) == 2  # keep_probs 0.5 to 0.9 span two rungs here.
+    before = dropblock_lib._dropblock._cache_size()
+    for p in caps:
+        jaxdrop.dropblock(key, x, p, 5)
+    assert dropblock_lib._dropblock._cache_size() == before + 2
+    # Grids where the dense draw is cheaper share one compilation for every Python keep_prob.
+    assert dropblock_lib.seed_cap((2, 6, 6, 2), (1, 2), (3, 3), False, 0.9, None) is None
+
+
+def _mask_fractions(key, shape, keep_prob, block, seed_cap):
     """Per-(example, channel) kept fractions of one dropblock mask."""
     make = jax.jit(
         functools.partial(
@@ -188,21 +270,23 @@ def _mask_fractions(key, shape, keep_prob, block):
             spatial_dims=(1, 2),
             block_size=(block, block),
             calibrate=False,
+            seed_cap=seed_cap,
         )
     )
     return np.asarray(make(key, jnp.float32(keep_prob)).mean(axis=(1, 2)).ravel())
 
 
-def test_dropblock_drop_rate_sparse_matches_dense_and_expectation(monkeypatch):
+def test_dropblock_drop_rate_sparse_matches_dense_and_expectation():
     shape, keep_prob, block = (32, 28, 28, 64), 0.9, 7
     sizes, blocks = (28, 28), (7, 7)
     gamma = dropblock_lib.seed_probability(jnp.float32(keep_prob), sizes, blocks, False)
     expected = float(
         dropblock_lib.expected_keep(gamma, *dropblock_lib.coverage_histogram(sizes, blocks))
     )
-    sparse = _mask_fractions(jax.random.key(4), shape, keep_prob, block)
-    monkeypatch.setattr(sampling, "budget_ladder", lambda n: ())  # Dense draws only.
-    dense = _mask_fractions(jax.random.key(5), shape, keep_prob, block)
+    cap = dropblock_lib.seed_cap(shape, (1, 2), (block, block), False, keep_prob, None)
+    assert cap is not None
+    sparse = _mask_fractions(jax.random.key(4), shape, keep_prob, block, cap)
+    dense = _mask_fractions(jax.random.key(5), shape, keep_prob, block, None)
     # Blocks correlate units within a map, so the band comes from the spread of the 2048
     # independent (example, channel) maps, not from a binomial over units.
     for fractions in (sparse, dense):
@@ -214,14 +298,16 @@ def test_dropblock_drop_rate_sparse_matches_dense_and_expectation(monkeypatch):
 
 @pytest.mark.bigmem
 def test_more_than_2_to_the_31_positions():
-    # 2**31 + 2**22 positions (2.1 GB of uint8) in chunks below 2**24: no index overflows, and
-    # seeds land past position 2**31 as often as anywhere else.
+    # 2**31 + 2**22 positions (2.1 GB of uint8) in one row, sampled in sub-rows below 2**24: no
+    # index overflows, and seeds land past position 2**31 as often as anywhere else.
     total, tail = 2**31 + 2**22, 2**22
     gamma = 1e-5
 
     @jax.jit
     def counts(key):
-        seeds = sampling.bernoulli_seeds(key, jnp.float32(gamma), (total,), dtype=jnp.uint8)
+        seeds = sampling.bernoulli_seeds(
+            key, jnp.float32(gamma), (total,), dtype=jnp.uint8, gamma_cap=2 * gamma
+        )
         rows = seeds.reshape(-1, 2**22).sum(axis=1, dtype=jnp.int32)
         return rows.sum(), rows[-1]
 

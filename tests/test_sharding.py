@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 import os
 import pathlib
 import re
@@ -56,6 +57,72 @@ def test_on_8_devices():
     report = result.stdout[-20000:] + result.stderr[-5000:]
     assert result.returncode == 0, report
     assert re.search(r"\d+ passed", result.stdout), report
+
+
+PER_DEVICE_DEVICES = 16
+PER_DEVICE_EXAMPLES = 2
+
+
+def random_array_shapes(devices: int) -> dict[str, list[str]]:
+    """The shapes of the ``u32`` (random bits) arrays in the per-device compiled program.
+
+    DropBlock at ``(2 * devices, 28, 28, 512)`` float32, block 7, batch sharded over
+    ``devices`` devices (2 examples each), with a Python ``keep_prob``, a traced one, and a
+    traced one with ``min_keep_prob``. Only compiled, never run.
+    """
+    mesh = Mesh(np.asarray(jax.devices()[:devices]), ("batch",))
+    x = jax.ShapeDtypeStruct(
+        (PER_DEVICE_EXAMPLES * devices, 28, 28, 512),
+        jnp.float32,
+        sharding=NamedSharding(mesh, P("batch")),
+    )
+    cases = {
+        "python": lambda k, x, p: jaxdrop.dropblock(k, x, 0.9, 7),
+        "traced": lambda k, x, p: jaxdrop.dropblock(k, x, p, 7),
+        "traced-min": lambda k, x, p: jaxdrop.dropblock(k, x, p, 7, min_keep_prob=0.8),
+    }
+    shapes = {}
+    for name, fn in cases.items():
+        compiled = jax.jit(fn).lower(jax.random.key(0), x, jnp.float32(0.9)).compile().as_text()
+        shapes[name] = sorted(set(re.findall(r"u32\[[\d,]+\]", compiled)))
+    return shapes
+
+
+def test_per_device_draws_do_not_depend_on_the_device_count():
+    # The sampler draws per row (example), and the partitioner splits the rows with the batch:
+    # a device draws the same random arrays whether it is one of 1 or of 16 devices. (The 0.1
+    # sampler drew the whole global gap list on every device.)
+    if jax.device_count() >= DEVICES:
+        pytest.skip("checked from the single-device process")
+    env = dict(os.environ)
+    flags = env.get("XLA_FLAGS", "")
+    env["XLA_FLAGS"] = (
+        f"{flags} --xla_force_host_platform_device_count={PER_DEVICE_DEVICES}".strip()
+    )
+    env["JAX_PLATFORMS"] = "cpu"
+    script = (
+        "import json, sys; sys.path.insert(0, 'tests'); import test_sharding; "
+        f"print(json.dumps(test_sharding.random_array_shapes({PER_DEVICE_DEVICES})))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    many = json.loads(result.stdout.strip().splitlines()[-1])
+    one = random_array_shapes(1)
+    assert many == one
+    local_seed_grid = f"u32[{PER_DEVICE_EXAMPLES},22,22,512]"
+    assert local_seed_grid in one["traced"]  # The dense draw, of the local seed grid only.
+    for name in ("python", "traced-min"):
+        # The sparse draw: a budget of gaps per local example, nothing of the seed grid's size.
+        assert local_seed_grid not in one[name]
+        assert any(re.fullmatch(rf"u32\[{PER_DEVICE_EXAMPLES},1,\d+\]", t) for t in one[name])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,6 +178,12 @@ METHODS = {
     "dropblock-calibrated-shared-channels": (
         "nhwc",
         lambda k, x: jaxdrop.dropblock(k, x, 0.8, 5, broadcast_dims=(-1,), calibrate=True),
+        "scalar",
+    ),
+    # A traced keep_prob with a static bound: the sparse sampler too.
+    "dropblock-min-keep-prob": (
+        "nhwc",
+        lambda k, x: jaxdrop.dropblock(k, x, jnp.float32(0.9), 3, min_keep_prob=0.8),
         "scalar",
     ),
     "dropblock-nchw": (

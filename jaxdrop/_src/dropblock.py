@@ -16,6 +16,15 @@ from jaxdrop._src import checks, masking, sampling
 # Bisection steps for `calibrate=True`: gamma lies in [0, 1] and 40 halvings bring the bracket
 # below 1e-12, far under float32's resolution at any gamma that matters.
 _CALIBRATE_STEPS = 40
+# The static bound on gamma for the sparse sampler: the float64 gamma plus a margin for the
+# float32 arithmetic of the run-time gamma, and for a Python keep_prob rounded up to a power of
+# 4. A rung costs at most about 4 times the draws of the exact bound, and the draws (about
+# n * gamma per row) are a small part of a call that touches every unit of x; powers of 2 would
+# halve that and double the compilations of a changing Python keep_prob (keep_probs 0.5 to 0.9,
+# a factor 5 in the paper's gamma, span at most 3 rungs of 4).
+_CAP_RELATIVE = 2.0**-10
+_CAP_ABSOLUTE = 2.0**-16
+_CAP_LADDER = 4.0
 
 
 def dropblock(
@@ -28,6 +37,7 @@ def dropblock(
     broadcast_dims: int | Sequence[int] = (),
     normalize: masking.Normalize = "actual",
     calibrate: bool = False,
+    min_keep_prob: float | None = None,
 ) -> jax.Array:
     r"""Drops contiguous blocks of each feature map (DropBlock).
 
@@ -70,6 +80,14 @@ def dropblock(
         rescaled. A mask that drops everything gives zeros, never NaN or Inf.
       calibrate: solve ``gamma`` so that the expected kept fraction is exactly ``keep_prob``,
         instead of using the paper's formula.
+      min_keep_prob: a static lower bound on a traced ``keep_prob`` (e.g. a schedule's final
+        value), a Python float in (0, 1]. A traced ``keep_prob`` below it (or NaN) is clipped up
+        to it, and ``normalize="expected"`` scales by the clipped value. It bounds ``gamma``,
+        which lets CPU draw only the seeds (a fixed budget per row) instead of one uniform per
+        position; without it a traced ``keep_prob`` is drawn densely, which on CPU costs several
+        times more for a large map. A Python ``keep_prob`` needs no bound (its ``gamma`` is
+        known when tracing, rounded up to a power of 4 so nearby values share a compilation)
+        and must not be below it.
 
     Returns:
       An array with the shape and dtype of ``x``.
@@ -79,8 +97,9 @@ def dropblock(
         type.
       ValueError: if ``rng`` is a batch of keys, a concrete ``keep_prob`` is outside [0, 1],
         ``block_size`` is not positive or has the wrong length, ``spatial_dims`` is empty, an axis
-        is out of bounds or repeated, ``spatial_dims`` and ``broadcast_dims`` overlap, or
-        ``normalize`` is unknown.
+        is out of bounds or repeated, ``spatial_dims`` and ``broadcast_dims`` overlap,
+        ``normalize`` is unknown, or ``min_keep_prob`` is not in (0, 1] or above a Python
+        ``keep_prob``.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -132,34 +151,81 @@ def dropblock(
     block = checks.canonical_sizes(block_size, len(spatial), "block_size")
     checks.check_choice(normalize, "normalize", masking.NORMALIZE_CHOICES)
     checks.check_bool(calibrate, "calibrate")
+    python_keep_prob = checks.is_python_number(keep_prob)
+    if min_keep_prob is not None:
+        min_keep_prob = checks.check_python_keep_prob(min_keep_prob, "min_keep_prob")
+        if min_keep_prob <= 0.0:
+            raise ValueError(
+                f"`min_keep_prob` must be in (0, 1], got {min_keep_prob!r}; use None for no bound."
+            )
+        if python_keep_prob and keep_prob < min_keep_prob:
+            raise ValueError(
+                f"`keep_prob` must be at least `min_keep_prob`, got keep_prob={keep_prob!r} and "
+                f"min_keep_prob={min_keep_prob!r}."
+            )
     if checks.nothing_to_drop(x.size, keep_prob):
         return x
+    broadcast = tuple(sorted(broadcast))
+    mask_shape = tuple(1 if d in broadcast else n for d, n in enumerate(x.shape))
     return _dropblock(
         rng,
         x,
         keep_prob,
         block_size=block,
         spatial_dims=spatial,
-        broadcast_dims=tuple(sorted(broadcast)),
+        broadcast_dims=broadcast,
         normalize=normalize,
         calibrate=bool(calibrate),
+        min_keep_prob=min_keep_prob,
+        seed_cap=seed_cap(
+            mask_shape,
+            spatial,
+            block,
+            calibrate,
+            float(keep_prob) if python_keep_prob else None,
+            min_keep_prob,
+        ),
     )
 
 
 @functools.partial(
     jax.jit,
-    static_argnames=("block_size", "spatial_dims", "broadcast_dims", "normalize", "calibrate"),
+    static_argnames=(
+        "block_size",
+        "spatial_dims",
+        "broadcast_dims",
+        "normalize",
+        "calibrate",
+        "min_keep_prob",
+        "seed_cap",
+    ),
 )
 def _dropblock(
-    rng, x, keep_prob, *, block_size, spatial_dims, broadcast_dims, normalize, calibrate
+    rng,
+    x,
+    keep_prob,
+    *,
+    block_size,
+    spatial_dims,
+    broadcast_dims,
+    normalize,
+    calibrate,
+    min_keep_prob,
+    seed_cap,
 ):
     mask_shape = tuple(1 if d in broadcast_dims else n for d, n in enumerate(x.shape))
+    if min_keep_prob is not None:
+        # The documented clip, before apply_mask (so the "expected" scale uses it too); NaN
+        # counts as 0 and is therefore clipped up as well.
+        keep_prob = jnp.asarray(keep_prob, jnp.float32)
+        keep_prob = jnp.clip(jnp.where(jnp.isnan(keep_prob), 0.0, keep_prob), min_keep_prob, 1.0)
     make_mask = functools.partial(
         dropblock_mask,
         shape=mask_shape,
         spatial_dims=spatial_dims,
         block_size=block_size,
         calibrate=calibrate,
+        seed_cap=seed_cap,
     )
     return masking.apply_mask(make_mask, rng, x, keep_prob, normalize)
 
@@ -219,10 +285,90 @@ def seed_probability(
         return jnp.where(too_many_kept, mid, low), jnp.where(too_many_kept, high, mid)
 
     # expected_keep falls monotonically from 1 (gamma = 0) to 0 (gamma = 1), so bisection on a
-    # traced keep_prob converges with a fixed number of steps and no Python branch.
-    _, gamma = lax.fori_loop(0, _CALIBRATE_STEPS, bisect, (jnp.float32(0.0), jnp.float32(1.0)))
+    # traced keep_prob converges with a fixed number of steps and no Python branch. Unrolled in
+    # Python: a fori_loop would lower to a while loop, which XLA:GPU runs with a host round trip.
+    bracket = (jnp.float32(0.0), jnp.float32(1.0))
+    for step in range(_CALIBRATE_STEPS):
+        bracket = bisect(step, bracket)
+    gamma = bracket[1]
     # keep_prob = 1 must give exactly no seed, not the bracket's last 2**-40.
     return jnp.where(keep_prob >= 1.0, 0.0, gamma)
+
+
+def numpy_gamma(keep_prob: float, sizes: Sequence[int], blocks: Sequence[int], calibrate: bool):
+    """:func:`seed_probability` in float64 NumPy, for a Python ``keep_prob`` in [0, 1]."""
+    if keep_prob <= 0.0:
+        return 1.0
+    if not calibrate:
+        return min(1.0, (1.0 - keep_prob) * paper_gamma_factor(sizes, blocks))
+    if keep_prob >= 1.0:
+        return 0.0
+    values, weights = coverage_histogram(sizes, blocks)
+    low, high = 0.0, 1.0
+    for _ in range(60):  # The bracket ends below 1e-18.
+        mid = 0.5 * (low + high)
+        if float(np.sum(weights * np.exp(values * np.log1p(-mid)))) > keep_prob:
+            low = mid
+        else:
+            high = mid
+    return high
+
+
+def gamma_bound(
+    keep_prob: float, sizes: Sequence[int], blocks: Sequence[int], calibrate: bool
+) -> float:
+    """An upper bound on the run-time float32 :func:`seed_probability` at ``keep_prob``.
+
+    A larger ``keep_prob`` gives a smaller float32 ``gamma`` too (the paper's product falls with
+    it, and each bisection step's comparison is monotone in it), so this also bounds ``gamma``
+    for every traced ``keep_prob`` clipped up to ``keep_prob``.
+    """
+    gamma = numpy_gamma(keep_prob, sizes, blocks, calibrate)
+    # The margin covers the float32 rounding of the run-time gamma: relative for the paper's
+    # product, absolute for the float32 bisection of calibrate (tests/test_sampling.py checks
+    # the bound over a sweep of keep_probs and layouts).
+    return min(1.0, gamma * (1.0 + _CAP_RELATIVE) + _CAP_ABSOLUTE)
+
+
+def seed_cap(
+    mask_shape: tuple[int, ...],
+    spatial_dims: tuple[int, ...],
+    block_size: tuple[int, ...],
+    calibrate: bool,
+    keep_prob: float | None,
+    min_keep_prob: float | None,
+) -> float | None:
+    """A static upper bound on the run-time float32 ``gamma``, or None (the dense draw).
+
+    From a Python ``keep_prob`` (rounded up to a power of 4: Python values within one step
+    share a compilation) or else from ``min_keep_prob``; None for a traced ``keep_prob`` with
+    no bound, and wherever the sampler's cost model prefers the dense draw anyway (so all such
+    Python values share one compilation).
+    """
+    if keep_prob is None and min_keep_prob is None:
+        return None
+    blocks = clipped_blocks(mask_shape, spatial_dims, block_size)
+    sizes = tuple(mask_shape[d] for d in spatial_dims)
+    cap = gamma_bound(min_keep_prob if keep_prob is None else keep_prob, sizes, blocks, calibrate)
+    if keep_prob is not None:
+        rung = 1.0
+        while rung / _CAP_LADDER >= cap:
+            rung /= _CAP_LADDER
+        cap = rung
+    seeds = _seed_shape(mask_shape, spatial_dims, blocks)
+    if sampling.sparse_plan(seeds, min(spatial_dims), cap) is None:
+        return None
+    return cap
+
+
+def _seed_shape(
+    shape: tuple[int, ...], spatial_dims: tuple[int, ...], blocks: tuple[int, ...]
+) -> tuple[int, ...]:
+    """The seed grid: each spatial axis shortened to the positions where a whole block fits."""
+    seed_shape = list(shape)
+    for d, b in zip(spatial_dims, blocks, strict=True):
+        seed_shape[d] = shape[d] - b + 1
+    return tuple(seed_shape)
 
 
 def dilate(seeds: jax.Array, axis: int, block: int) -> jax.Array:
@@ -256,17 +402,26 @@ def dropblock_mask(
     spatial_dims: tuple[int, ...],
     block_size: tuple[int, ...],
     calibrate: bool,
+    seed_cap: float | None = None,
 ) -> jax.Array:
-    """Boolean keep-mask of ``shape``: ``False`` on the union of the sampled blocks."""
+    """Boolean keep-mask of ``shape``: ``False`` on the union of the sampled blocks.
+
+    ``seed_cap`` is a static upper bound on ``gamma`` (:func:`seed_cap`), or None for the dense
+    draw.
+    """
     blocks = clipped_blocks(shape, spatial_dims, block_size)
     sizes = tuple(shape[d] for d in spatial_dims)
     gamma = seed_probability(keep_prob, sizes, blocks, calibrate)
-    seed_shape = list(shape)
-    for d, b in zip(spatial_dims, blocks, strict=True):
-        seed_shape[d] = shape[d] - b + 1
-    # Seeds are sparse: only they are drawn (sampling.py), not one uniform per position. Bytes
-    # rather than bool: XLA:CPU vectorises the windows and the final select better on uint8.
-    dropped = sampling.bernoulli_seeds(rng, gamma, tuple(seed_shape), dtype=jnp.uint8)
+    # Seeds are sparse: with a bound on gamma, CPU draws only them (sampling.py). Bytes rather
+    # than bool: XLA:CPU vectorises the windows and the final select better on uint8.
+    dropped = sampling.bernoulli_seeds(
+        rng,
+        gamma,
+        _seed_shape(shape, spatial_dims, blocks),
+        dtype=jnp.uint8,
+        gamma_cap=seed_cap,
+        leading_axes=min(spatial_dims),
+    )
     # Separable expansion: a box is the product of per-axis windows, O(b) work per unit and axis.
     # The barrier materialises each axis's result: fused, the second axis would re-read b
     # shifted slices of the first for every unit, O(b**2) per unit.

@@ -61,6 +61,8 @@ class DropBlock(nn.Module):
       broadcast_dims: axes that share one mask.
       normalize: ``"actual"``, ``"expected"`` or ``"none"``.
       calibrate: solve gamma so that the expected kept fraction is ``keep_prob``.
+      min_keep_prob: a static lower bound on a traced call-time ``keep_prob`` (a schedule's
+        lowest value), or None; see :func:`jaxdrop.dropblock`.
       deterministic: if true, return the input untouched; merged with the call argument as in
         ``flax.linen.Dropout``.
       rng_collection: the rng collection the key is drawn from.
@@ -83,6 +85,7 @@ class DropBlock(nn.Module):
     broadcast_dims: int | Sequence[int] = ()
     normalize: masking.Normalize = "actual"
     calibrate: bool = False
+    min_keep_prob: float | None = None
     deterministic: bool | None = None
     rng_collection: str = "dropout"
 
@@ -108,6 +111,7 @@ class DropBlock(nn.Module):
             broadcast_dims=self.broadcast_dims,
             normalize=self.normalize,
             calibrate=self.calibrate,
+            min_keep_prob=self.min_keep_prob,
         )
 
 

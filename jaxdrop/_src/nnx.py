@@ -108,6 +108,8 @@ class DropBlock(Stochastic):
       broadcast_dims: axes that share one mask.
       normalize: ``"actual"``, ``"expected"`` or ``"none"``.
       calibrate: solve gamma so that the expected kept fraction is ``keep_prob``.
+      min_keep_prob: a static lower bound on a traced call-time ``keep_prob`` (a schedule's
+        lowest value), or None; see :func:`jaxdrop.dropblock`.
       deterministic: if true, return the input untouched. The call argument wins.
       rng_collection: the rng stream to draw keys from.
       rngs: ``nnx.Rngs`` or ``nnx.RngStream``, or ``None`` to pass keys at call time.
@@ -134,6 +136,7 @@ class DropBlock(Stochastic):
         broadcast_dims: int | Sequence[int] = (),
         normalize: masking.Normalize = "actual",
         calibrate: bool = False,
+        min_keep_prob: float | None = None,
         deterministic: bool | None = False,
         rng_collection: str = "dropout",
         rngs: Rngs | None = None,
@@ -144,6 +147,7 @@ class DropBlock(Stochastic):
         self.broadcast_dims = broadcast_dims
         self.normalize = normalize
         self.calibrate = calibrate
+        self.min_keep_prob = min_keep_prob
         self.init_stochastic(deterministic, rng_collection, rngs)
 
     def __call__(
@@ -166,6 +170,7 @@ class DropBlock(Stochastic):
             broadcast_dims=self.broadcast_dims,
             normalize=self.normalize,
             calibrate=self.calibrate,
+            min_keep_prob=self.min_keep_prob,
         )
 
 

@@ -1,158 +1,212 @@
 """Sampling the seed grid of DropBlock: independent Bernoulli(gamma) draws, one per position.
 
-DropBlock seeds are rare (gamma is about 0.003 for a 28 x 28 map, block 7, keep_prob 0.9), so a
-dense draw spends one PRNG call per position to produce almost nothing. :func:`bernoulli_seeds`
-instead draws only the seeds, with exactly the distribution of independent Bernoulli(gamma)
-draws.
+Two samplers give that distribution, with no data-dependent control flow in either: the work
+and the shapes are fixed when the function is traced.
 
-**Geometric gaps.** Over the flattened grid, the number of non-seeds before the first seed, and
-between consecutive seeds, are independent Geometric(gamma) variables. One uniform ``u`` in
-(0, 1] gives one gap, ``floor(log(u) / log1p(-gamma))`` (inverse CDF:
-``P(gap >= k) = P(u <= (1 - gamma)**k) = (1 - gamma)**k``). A cumulative sum turns ``K`` gaps
-into the positions of the first ``K`` seeds, and a scatter writes them into a zero grid. The
-cost is ``K`` PRNG draws plus one pass that zeroes the grid, instead of one draw per position.
+**Dense.** ``jax.random.bernoulli(key, gamma, shape)`` with a float32 ``gamma``: one uniform per
+position. It runs on GPU and TPU (where threefry is cheap and scatters are slow), for a traced
+``keep_prob`` with no static bound on ``gamma``, and wherever the CPU cost model below says it is
+the cheaper one.
 
-**A static budget for a traced gamma.** ``K`` fixes an array shape, so it must be static, while
-``gamma`` may be traced (it follows a traced ``keep_prob``). :func:`budget_ladder` therefore
-precomputes, for the static grid size ``n``, a short ladder of tiers: thresholds ``g_j`` spaced
-by ``8x`` below ``1/4``, each with the budget ``K_j = n g_j + 5 sqrt(n g_j (1 - g_j)) + 10``
-(the mean seed count at ``g_j`` plus 5 standard deviations). At run time ``lax.switch`` picks the
-smallest tier whose threshold is at least ``gamma``; above ``1/4`` a dense draw is cheaper and is
-used instead. Every branch returns the same grid, so shapes agree, and ``keep_prob`` can change
-between calls without a retrace. The ladder stops at a budget of about 1024 draws, below which
-the fixed costs dominate, so a chunk of up to ``2**24`` positions has at most six sparse tiers
-plus the dense branch (a grid below 4096 positions is simply drawn densely). With a Python
-``keep_prob``, ``gamma`` is a constant and XLA keeps only the branch it selects.
+**Sparse (CPU).** DropBlock seeds are rare (``gamma`` is about 0.003 for a 28 x 28 map, block 7,
+``keep_prob`` 0.9), so the sparse sampler draws only the seeds. The seed grid is viewed as
+``(R, n)`` rows: the leading axes before the first spatial axis are the rows (the batch axis
+always is one, so that ``vmap`` batches the draw and the partitioner splits it with the batch),
+and trailing leading axes are merged into the row while rows are short (NCHW: a row per example,
+``C * H' * W'`` long). In each row the number of non-seeds before the first seed, and between
+consecutive seeds, are independent Geometric(gamma) variables. One uniform ``u`` in (0, 1] gives
+one gap, ``floor(log(u) / log1p(-gamma))`` (inverse CDF: ``P(gap >= k) = (1 - gamma)**k``). A
+cumulative sum turns ``K`` gaps into the positions of the row's first ``K`` seeds, and a scatter
+writes them into a zero row of bytes. The cost is ``R * K`` draws plus one pass over the bytes.
 
-**Overflow is exact.** If the ``K``-th seed still lands inside the grid (more seeds than the
-budget, which 5 standard deviations make rare), the ``K`` sparse seeds are kept and only the
-positions after the ``K``-th seed are drawn densely, with an independent key, under a
-``lax.cond``. Given the position of the ``K``-th seed, the later positions of a Bernoulli process
-are independent Bernoulli(gamma) draws, so the result is still exact; redrawing everything
-instead would bias the distribution against large counts. The dense tier is the same code with a
-budget of zero: everything after position -1 is drawn densely.
+**A static budget.** ``K`` fixes a shape, so it is static, computed from a static upper bound
+``gamma_cap`` on ``gamma``: the smallest ``K`` for which the Chernoff bound
+``P(Binomial(n, gamma_cap) > K) <= exp(-n KL((K + 1) / n || gamma_cap))`` is at most
+``2**-40 / max(R, 2**20)``, so that, by the union bound over the rows, some row of a call has
+more than ``K`` seeds with probability below ``2**-40``. (The ``2**20`` keeps ``K`` independent
+of ``R`` for all but huge calls: a device's share of a sharded batch draws the same arrays on 1
+or 16 devices.) Seeds past the ``K``-th of a row are then not drawn:
+that is the sampler's one approximation, and it is far below the ``2**-23`` float32 resolution
+of ``gamma`` itself. ``dropblock`` derives ``gamma_cap`` from a Python ``keep_prob`` (rounded up
+to a power of 4, so nearby values share a compilation) or from ``min_keep_prob``.
+
+**Per platform.** :func:`jax.lax.platform_dependent` picks the sparse sampler on CPU and the
+dense one elsewhere, at lowering time. The CPU choice is static too: a cost model, ``R * (K *
+_SPARSE_DRAW_NS + n * _SPARSE_POSITION_NS)`` against ``R * n * _DENSE_POSITION_NS``, picks the
+dense draw on every platform when it is not more expensive, and for grids below
+``_DENSE_BELOW`` positions.
 
 **Index arithmetic.** The cumulative sum runs in float32 over integer-valued steps clipped to
-``n + 1``. For ``n < 2**24`` every prefix that lands inside the grid is computed exactly (all its
+``n + 1``. For ``n < 2**24`` every prefix that lands inside the row is computed exactly (all its
 partial sums are integers below ``2**24``), and every prefix that passes the end stays past it
 (a sum of non-negative terms rounds to at least ``min(true sum, 2**24)``), in any summation
-order. Grids larger than that are sampled in chunks of fewer than ``2**24`` positions with split
-keys (exact by independence), so no index ever overflows int32, even past ``2**31`` positions.
+order. Rows longer than that are split into sub-rows of fewer than ``2**24`` positions, each
+with its own draws (exact by independence), so no index overflows int32, even past ``2**31``
+positions.
 
-Precision: like ``jax.random.bernoulli``, the draw is exact up to float32 rounding of ``gamma``
-and of the uniforms (about ``2**-23``).
+Precision: like ``jax.random.bernoulli``, both samplers are exact up to float32 rounding of
+``gamma`` and of the uniforms (about ``2**-23``), plus, for the sparse one, the ``2**-40``
+budget overflow above. Both depend only on the key and the position, so a sharded call equals
+the unsharded one bit for bit (with ``jax_threefry_partitionable``, the default).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-# Sparse sampling is cheaper than a dense draw up to about this gamma (measured on CPU: a sparse
-# seed costs about 5 ns, a dense position 3 to 9 ns), and tiers below it are spaced by _RATIO.
-_TOP_GAMMA = 0.25
-_RATIO = 8.0
-# Budget = mean + _SIGMAS standard deviations + _SLACK: overflow (handled exactly, but at the
-# cost of a dense draw) then happens in fewer than 1e-6 of the calls at a tier's threshold.
-_SIGMAS = 5.0
-_SLACK = 10
-# Below this budget the fixed costs (zeroing the grid, the scatter) dominate: the ladder ends.
-_MIN_BUDGET = 1024
-# Grids smaller than this are drawn densely: it is as cheap and compiles one branch only.
-_DENSE_BELOW = 4096
 # Positions are exact float32 integers below 2**24 (see the module docstring).
-MAX_CHUNK = 2**24 - 1
+MAX_ROW = 2**24 - 1
+# log2 of the bound on the probability that some row of a call has more seeds than its budget.
+LOG2_OVERFLOW = -40
+# The budget covers this many rows at once (a bound of 2**-60 per row) whatever the call's row
+# count, so a row's budget, and a device's draws under a sharded batch, do not depend on how many
+# rows (devices) the call has; only calls with more rows than this divide the bound further.
+ROWS_COVERED = 2**20
+# Trailing leading axes are merged into the row while rows are shorter than this: short rows
+# pay the budget's tail margin (a few standard deviations plus a constant) once each.
+_MIN_ROW = 2**14
+# Grids smaller than this are drawn densely: the fixed costs dominate either way, and the dense
+# draw compiles one sampler instead of one per platform.
+_DENSE_BELOW = 4096
+# CPU cost model, in nanoseconds: one gap of the sparse sampler (a uniform, a log, the cumsum
+# and the scatter), one position of its zeroed row, and one position of the dense draw.
+# Measured on the 2-core CPU with jax 0.10.2: the fastest of 30 jitted calls of each sampler
+# alone, 4 to 16 rows of 16 384 to 10**6 positions, budgets of 64 to 8 192 (the dense draw costs
+# more per position on the larger grids; this is its cheapest, so close calls go to dense).
+_SPARSE_DRAW_NS = 15.0
+_SPARSE_POSITION_NS = 0.05
+_DENSE_POSITION_NS = 3.4
 
 
-def seed_budget(n: int, gamma: float) -> int:
-    """Static number of gaps drawn for a grid of ``n`` positions and a gamma up to ``gamma``."""
-    mean = n * gamma
-    return min(n, math.ceil(mean + _SIGMAS * math.sqrt(mean * (1.0 - gamma)) + _SLACK))
+def _kl(a: float, g: float) -> float:
+    """Kullback-Leibler divergence of Bernoulli(a) from Bernoulli(g), for 0 < g < 1."""
+    inside = a * math.log(a / g) if a > 0 else 0.0
+    outside = (1.0 - a) * math.log((1.0 - a) / (1.0 - g)) if a < 1 else 0.0
+    return inside + outside
 
 
-def budget_ladder(n: int) -> tuple[tuple[float, int], ...]:
-    """The sparse tiers ``((threshold, budget), ...)`` for ``n`` positions, largest first.
+def log_tail_bound(n: int, g: float, k: int) -> float:
+    """Natural log of the Chernoff bound on ``P(Binomial(n, g) >= k)``: ``-n KL(k / n || g)``.
 
-    Tier ``j`` serves ``threshold_{j+1} < gamma <= threshold_j`` (the last one serves down to
-    ``gamma = 0``); a gamma above the first threshold is drawn densely. Thresholds are powers of
-    two, exact in float32.
+    A rigorous upper bound for ``k >= n g``; 0 (the trivial bound) below that, and ``-inf`` for
+    ``k > n`` (impossible) or ``g = 0 < k``.
     """
-    if n < _DENSE_BELOW:
-        return ()
-    tiers = []
-    gamma = _TOP_GAMMA
-    while True:
-        budget = seed_budget(n, gamma)
-        tiers.append((gamma, budget))
-        if budget <= _MIN_BUDGET:
-            return tuple(tiers)
-        gamma /= _RATIO
+    if k > n or (g <= 0.0 and k > 0):
+        return -math.inf
+    if k <= n * g:
+        return 0.0
+    return -n * _kl(k / n, g)
 
 
-def tier_index(gamma: jax.Array, tiers: tuple[tuple[float, int], ...]) -> jax.Array:
-    """The ``lax.switch`` branch for a possibly traced ``gamma``.
+def seed_budget(n: int, gamma_cap: float, rows: int = 1) -> int:
+    """The smallest ``K`` whose bound on ``P(Binomial(n, gamma_cap) > K)`` is at most ``delta``.
 
-    0 is the dense draw (``gamma`` above every threshold); ``j + 1`` is tier ``j``, the one with
-    the smallest threshold at least ``gamma``.
+    ``delta = 2**-40 / max(rows, ROWS_COVERED)``: over ``rows`` independent rows of ``n``
+    positions, some row has more than ``K`` seeds with probability below ``2**-40`` (union
+    bound) whenever the seed probability is at most ``gamma_cap``. ``n`` when no smaller ``K``
+    is certified.
     """
-    thresholds = jnp.asarray([t for t, _ in tiers], jnp.float32)
-    return jnp.sum(gamma <= thresholds, dtype=jnp.int32)
+    if gamma_cap <= 0.0:
+        return 0
+    if gamma_cap >= 1.0:
+        return n
+    log_target = LOG2_OVERFLOW * math.log(2.0) - math.log(max(rows, ROWS_COVERED))
+    # P(X > K) = P(X >= K + 1), and the bound falls as K grows past n g: bisect on K.
+    low, high = max(0, math.floor(n * gamma_cap)), n  # The bound holds at high = n.
+    while low < high:
+        mid = (low + high) // 2
+        if log_tail_bound(n, gamma_cap, mid + 1) <= log_target:
+            high = mid
+        else:
+            low = mid + 1
+    return low
 
 
-def _sparse_branch(budget: int, n: int, dtype):
-    """Returns ``(grid, last)``: the first ``budget`` seeds and the position of the last of them.
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The sparse sampler's static layout: ``rows`` rows of ``sub_rows`` sub-rows of ``length``.
 
-    ``last >= n`` means the budget covered the whole grid; otherwise the positions after ``last``
-    are still undrawn.
+    ``row_axes`` leading axes of the grid form the rows; each sub-row draws ``budget`` gaps.
     """
 
-    def branch(rng, gamma):
-        log_q = jnp.log1p(-gamma)
-        # u in (0, 1]: 1 - uniform[0, 1), so log(u) is finite.
-        u = 1.0 - jax.random.uniform(rng, (budget,), jnp.float32)
-        # gamma = 0 (log_q = 0) has no seed at all: every gap is past the end.
-        safe_log_q = jnp.where(log_q < 0, log_q, jnp.float32(-1.0))
-        gaps = jnp.where(log_q < 0, jnp.log(u) / safe_log_q, jnp.float32(n))
-        # Integer-valued steps in [1, n + 1]; a gap of n or more already ends the grid.
-        steps = jnp.floor(jnp.minimum(gaps, jnp.float32(n))) + 1.0
-        ends = jnp.cumsum(steps)  # Exact while <= n (see the module docstring).
-        pos = jnp.minimum(ends - 1.0, jnp.float32(n)).astype(jnp.int32)
-        grid = (
+    row_axes: int
+    rows: int
+    row_length: int
+    sub_rows: int
+    length: int
+    budget: int
+
+
+def row_axes(shape: tuple[int, ...], leading_axes: int) -> int:
+    """How many leading axes of ``shape`` index rows (the rest is one row, flattened).
+
+    All ``leading_axes`` (the axes before the first spatial one), except that trailing ones are
+    merged into the row while it is shorter than ``_MIN_ROW``; axis 0 stays a row axis, so the
+    rows split along a sharded batch.
+    """
+    axes = leading_axes
+    while axes > 1 and math.prod(shape[axes:]) < _MIN_ROW:
+        axes -= 1
+    return axes
+
+
+def sparse_plan(
+    shape: tuple[int, ...], leading_axes: int, gamma_cap: float, max_row: int = MAX_ROW
+) -> Plan | None:
+    """The sparse sampler's layout for a seed grid, or None where the dense draw is cheaper."""
+    if not 0 < max_row <= MAX_ROW:
+        raise ValueError(f"`max_row` must be in [1, 2**24 - 1], got {max_row!r}.")
+    axes = row_axes(shape, leading_axes)
+    rows = math.prod(shape[:axes])
+    row_length = math.prod(shape[axes:])
+    if rows * row_length < _DENSE_BELOW or not 0.0 <= gamma_cap < 1.0:
+        return None
+    sub_rows = -(-row_length // max_row)
+    length = -(-row_length // sub_rows)
+    budget = seed_budget(length, gamma_cap, rows * sub_rows)
+    sparse = rows * sub_rows * (budget * _SPARSE_DRAW_NS + length * _SPARSE_POSITION_NS)
+    dense = rows * row_length * _DENSE_POSITION_NS
+    if sparse >= dense:
+        return None
+    return Plan(axes, rows, row_length, sub_rows, length, budget)
+
+
+def _dense(rng, gamma, shape, dtype) -> jax.Array:
+    return jax.random.bernoulli(rng, gamma, shape).astype(dtype)
+
+
+def _sparse(rng, gamma, shape, dtype, plan: Plan) -> jax.Array:
+    """The first ``plan.budget`` seeds of every sub-row, from geometric gaps."""
+    n = plan.length
+    log_q = jnp.log1p(-gamma)
+    # One uniform per gap, in (0, 1] so that log(u) is finite. Row-major over (rows, sub-rows,
+    # gaps): with partitionable threefry, a device holding some rows draws only their gaps.
+    u = 1.0 - jax.random.uniform(rng, (plan.rows, plan.sub_rows, plan.budget), jnp.float32)
+    # gamma = 0 (log_q = 0) has no seed at all: every gap is past the end.
+    safe_log_q = jnp.where(log_q < 0, log_q, jnp.float32(-1.0))
+    gaps = jnp.where(log_q < 0, jnp.log(u) / safe_log_q, jnp.float32(n))
+    # Integer-valued steps in [1, n + 1]; a gap of n or more already ends the sub-row.
+    steps = jnp.floor(jnp.minimum(gaps, jnp.float32(n))) + 1.0
+    ends = jnp.cumsum(steps, axis=-1)  # Exact while <= n (see the module docstring).
+    pos = jnp.minimum(ends - 1.0, jnp.float32(n)).astype(jnp.int32)
+
+    def scatter(pos):
+        # Position n (past the end) is dropped.
+        return (
             jnp.zeros((n,), dtype)
             .at[pos]
             .set(jnp.ones((), dtype), mode="drop", indices_are_sorted=True)
         )
-        return grid, pos[-1]
 
-    return branch
-
-
-def _sample_flat(rng, gamma, n: int, dtype, tiers) -> jax.Array:
-    """Independent Bernoulli(gamma) draws on ``n < 2**24`` flat positions, sparse where cheap."""
-    if not tiers:
-        return jax.random.bernoulli(rng, gamma, (n,)).astype(dtype)
-    sparse_rng, dense_rng = jax.random.split(rng)
-    index = tier_index(gamma, tiers)
-
-    def dense(_):
-        return jax.random.bernoulli(dense_rng, gamma, (n,)).astype(dtype)
-
-    def sparse(_):
-        branches = [_sparse_branch(k, n, dtype) for _, k in tiers]
-        grid, last = lax.switch(index - 1, branches, sparse_rng, gamma)
-
-        def fill_tail(grid):
-            # Positions after the last sparse seed are independent of everything drawn so far.
-            return jnp.where(lax.iota(jnp.int32, n) > last, dense(None), grid)
-
-        return lax.cond(last < n - 1, fill_tail, lambda grid: grid, grid)
-
-    # No branch returns a constant: inside shard_map, with a per-device key, every branch must
-    # vary over the same mesh axes, or lax.switch / lax.cond reject them.
-    return lax.cond(index == 0, dense, sparse, None)
+    grid = jax.vmap(jax.vmap(scatter))(pos).reshape(plan.rows, plan.sub_rows * n)
+    if plan.sub_rows * n != plan.row_length:
+        grid = grid[:, : plan.row_length]  # The padding of the last sub-row.
+    return grid.reshape(shape)
 
 
 def bernoulli_seeds(
@@ -161,8 +215,9 @@ def bernoulli_seeds(
     shape: tuple[int, ...],
     *,
     dtype=jnp.bool_,
-    tiers: tuple[tuple[float, int], ...] | None = None,
-    max_chunk: int = MAX_CHUNK,
+    gamma_cap: float | None = None,
+    leading_axes: int = 0,
+    max_row: int = MAX_ROW,
 ) -> jax.Array:
     """Array of ``shape`` whose entries are independent Bernoulli(``gamma``) draws.
 
@@ -175,28 +230,23 @@ def bernoulli_seeds(
       gamma: the seed probability, a float32 scalar in [0, 1].
       shape: the static shape of the grid.
       dtype: the output dtype (``bool`` or an integer type holding 0 and 1).
-      tiers: the sparse tiers, ``budget_ladder(chunk size)`` by default; ``()`` draws densely.
-        For tests: a tiny budget forces the overflow path.
-      max_chunk: the largest number of positions sampled at once (at most ``2**24 - 1``).
+      gamma_cap: a static upper bound on ``gamma``, or None (no bound: the dense draw). With a
+        bound, CPU uses the sparse sampler where the cost model prefers it; a ``gamma`` above
+        the bound loses the seeds past each row's budget.
+      leading_axes: how many leading axes of ``shape`` may index rows (the axes before the
+        first spatial one).
+      max_row: the longest sub-row (at most ``2**24 - 1``); smaller values are for tests.
 
     Returns:
       An array of ``shape`` and ``dtype``, 1 (``True``) at the seeds.
     """
-    if not 0 < max_chunk <= MAX_CHUNK:
-        raise ValueError(f"`max_chunk` must be in [1, 2**24 - 1], got {max_chunk!r}.")
     gamma = jnp.asarray(gamma, jnp.float32)
-    total = math.prod(shape)
-    if total == 0:
-        return jnp.zeros(shape, dtype)
-    num_chunks = -(-total // max_chunk)
-    chunk = -(-total // num_chunks)
-    if tiers is None:
-        tiers = budget_ladder(chunk)
-    if num_chunks == 1:
-        return _sample_flat(rng, gamma, chunk, dtype, tiers).reshape(shape)
-    # Chunks with independent keys are independent draws: exact, and indices stay below 2**24.
-    flat = lax.map(
-        lambda key: _sample_flat(key, gamma, chunk, dtype, tiers),
-        jax.random.split(rng, num_chunks),
+    plan = None if gamma_cap is None else sparse_plan(shape, leading_axes, gamma_cap, max_row)
+    if plan is None:
+        return _dense(rng, gamma, shape, dtype)
+    return lax.platform_dependent(
+        rng,
+        gamma,
+        cpu=lambda rng, gamma: _sparse(rng, gamma, shape, dtype, plan),
+        default=lambda rng, gamma: _dense(rng, gamma, shape, dtype),
     )
-    return flat.reshape(-1)[:total].reshape(shape)
