@@ -43,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--quick",
         action="store_true",
         help="small sizes to check the script: the two target shapes in float32, 5 repeats, a "
-        "ResNet with stages [1, 1, 2, 1] compiled once, 1 and 2 devices",
+        "ResNet with stages [1, 1, 1, 1] compiled once, 1 and 2 devices",
     )
     parser.add_argument("--shapes", default=SHAPES, help="matrix: comma-separated NHWC shapes")
     parser.add_argument("--dtypes", default="float32,bfloat16", help="matrix: dtypes")
@@ -92,7 +92,15 @@ def main(argv=None) -> None:
     import report
 
     print(f"devices: {jax.devices()}", flush=True)
-    results = report.Results(command, args.keep_prob, args.repeats, args.warmup, args.rate_keys)
+    results = report.Results(
+        command,
+        harness.git_commit(),
+        args.keep_prob,
+        args.repeats,
+        args.warmup,
+        args.rate_keys,
+        quick=args.quick,
+    )
     backward = not args.no_backward
     if "matrix" in args.parts:
         import matrix

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import harness
 
 FULL = {"stage_sizes": (3, 4, 6, 3), "image": 112, "batch": 8}
-QUICK = {"stage_sizes": (1, 1, 2, 1), "image": 56, "batch": 2}
+QUICK = {"stage_sizes": (1, 1, 1, 1), "image": 64, "batch": 2}
 NONE = "no regulariser"
 FLAX = "`flax.linen.Dropout`"
 FIXED = "`jaxdrop.linen.DropBlock`, Python keep_prob"

@@ -158,8 +158,10 @@ def has_min_keep_prob() -> bool:
 
 
 def git_commit() -> str:
-    """The commit of the checked-out code, with ``+dirty`` when the tree has changes."""
-    root = os.path.dirname(HERE)
+    """The commit of the imported ``jaxdrop``'s checkout, with ``+dirty`` when it has changes."""
+    import jaxdrop
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(jaxdrop.__file__)))
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
@@ -276,7 +278,7 @@ def allocator_line(tuned_column: bool) -> str:
     return line
 
 
-def machine_lines(tuned_column: bool = False) -> list[str]:
+def machine_lines(commit: str, tuned_column: bool = False) -> list[str]:
     import jax
 
     cores = os.cpu_count()
@@ -285,7 +287,7 @@ def machine_lines(tuned_column: bool = False) -> list[str]:
     except AttributeError:
         usable = cores
     return [
-        f"- Code: jaxdrop at commit `{git_commit()}`",
+        f"- Code: jaxdrop at commit `{commit}` (when the run started)",
         f"- Machine: {cpu_model()}, {usable} of {cores} cores usable, "
         f"{platform.system()} {platform.release()}",
         f"- Devices: `{jax.devices()}`",

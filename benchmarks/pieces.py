@@ -77,11 +77,16 @@ def sampler_variants(gamma: float) -> tuple[str, dict[str, dict]]:
         }
     if "gamma_cap" in params:
         rows = {"leading_axes": 1} if "leading_axes" in params else {}
+        path = "sparse where the CPU cost model prefers it"
+        plan = getattr(sampling, "sparse_plan", None)
+        if plan is not None:
+            try:
+                sparse = plan(seed_grid_shape(), rows.get("leading_axes", 0), gamma) is not None
+                path = "sparse" if sparse else "dense (the CPU cost model's choice)"
+            except Exception:  # noqa: BLE001 - a label only.
+                pass
         return "a static budget from `gamma_cap`, one row per example", {
-            f"sparse where the CPU cost model prefers it (`gamma_cap={gamma:.4g}`)": {
-                "gamma_cap": gamma,
-                **rows,
-            },
+            f"{path} (`gamma_cap={gamma:.4g}`)": {"gamma_cap": gamma, **rows},
             "dense `jax.random.bernoulli` (`gamma_cap=None`)": {"gamma_cap": None, **rows},
         }
     return "", {}

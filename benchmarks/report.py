@@ -21,10 +21,12 @@ class Results:
     """Everything one run measured; a part that was not run stays None."""
 
     command: str
+    commit: str
     keep_prob: float
     repeats: int
     warmup: int
     rate_keys: int
+    quick: bool = False
     wall_s: float = math.nan
     matrix: list = field(default_factory=list)
     tuned: dict | None = None
@@ -572,10 +574,16 @@ def write(r: Results, out: str, tuned_column: bool) -> list[Target]:
         r.command,
         "```",
         "",
-        *harness.machine_lines(tuned_column),
+        *harness.machine_lines(r.commit, tuned_column),
         *method_lines(r),
         "",
     ]
+    if r.quick:
+        lines += [
+            "**A `--quick` run**: smaller sizes and fewer repeats, to check the script; rerun "
+            "without `--quick` for figures to quote.",
+            "",
+        ]
     if r.skipped:
         lines += ["Skipped peers:", ""] + [f"- {s}" for s in sorted(r.skipped)] + [""]
     lines += [
