@@ -32,7 +32,11 @@ def names(min_keep_prob: bool) -> list[str]:
 def device_env(count: int) -> dict[str, str]:
     flags = os.environ.get("XLA_FLAGS", "")
     flags = " ".join(f for f in flags.split() if "force_host_platform_device_count" not in f)
-    return {"XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={count}".strip()}
+    return {
+        "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={count}".strip(),
+        # Simulated devices are host (CPU) devices, whatever accelerator the machine has.
+        "JAX_PLATFORMS": "cpu",
+    }
 
 
 def child() -> None:
