@@ -157,11 +157,16 @@ def has_min_keep_prob() -> bool:
     return "min_keep_prob" in dropblock_options()
 
 
-def git_commit() -> str:
-    """The commit of the imported ``jaxdrop``'s checkout, with ``+dirty`` when it has changes."""
+def jaxdrop_root() -> str:
+    """The directory the imported ``jaxdrop`` package lies in."""
     import jaxdrop
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(jaxdrop.__file__)))
+    return os.path.dirname(os.path.dirname(os.path.abspath(jaxdrop.__file__)))
+
+
+def git_commit() -> str:
+    """The commit of the imported ``jaxdrop``'s checkout, with ``+dirty`` when it has changes."""
+    root = jaxdrop_root()
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
@@ -287,7 +292,7 @@ def machine_lines(commit: str, tuned_column: bool = False) -> list[str]:
     except AttributeError:
         usable = cores
     return [
-        f"- Code: jaxdrop at commit `{commit}` (when the run started)",
+        f"- Code: jaxdrop from `{jaxdrop_root()}`, commit `{commit}` (when the run started)",
         f"- Machine: {cpu_model()}, {usable} of {cores} cores usable, "
         f"{platform.system()} {platform.release()}",
         f"- Devices: `{jax.devices()}`",
