@@ -347,7 +347,9 @@ def vmap_section(r: Results) -> list[str]:
         f"{vmapped.BLOCK}, keep_prob {r.keep_prob}",
         "",
         "`jax.jit(jax.vmap(lambda k, x: f(k, x)))(keys, x)` with one key per example, against "
-        "the batched call `jax.jit(f)(key, x)` on the same array.",
+        "the batched call `jax.jit(f)(key, x)` on the same array. Under `vmap`, "
+        '`normalize="actual"` counts the kept units of each example; batched, of the whole '
+        "array.",
         "",
         *harness.table(
             [
