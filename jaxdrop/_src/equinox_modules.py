@@ -13,7 +13,7 @@ would shadow the Equinox package itself.)
 import dataclasses
 import numbers
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import equinox as eqx
 import jax
@@ -45,7 +45,7 @@ def _static_ints(default: Any = dataclasses.MISSING) -> Any:
     return eqx.field(default=default, static=True, converter=_hashable)
 
 
-def _check_sizes(size: object, spatial_dims: object, name: str) -> None:
+def _check_sizes(size: int | Sequence[int], spatial_dims: int | Sequence[int], name: str) -> None:
     """The function's check of ``block_size`` / ``size``, at construction.
 
     It needs only the number of spatial dims; if ``spatial_dims`` itself is malformed, the
@@ -67,8 +67,12 @@ def is_weight(path: tuple[Any, ...], leaf: Any) -> bool:
     return is_weight_matrix(path, leaf) and name != "bias"
 
 
+class _Switchable(Protocol):
+    inference: bool
+
+
 def training_key(
-    module: eqx.Module,
+    module: _Switchable,
     key: jax.Array | None,
     inference: bool | None,
     keep_prob: float | jax.Array | None = None,
