@@ -4,7 +4,8 @@
   (``x``, or ``params`` for DropConnect), positionally; then the required hyperparameters.
 - Every parameter with a default, in every public function, is keyword-only.
 - The modules' fields and constructor arguments come in the order of their function's arguments,
-  with the same names and defaults.
+  with the same names and defaults (the Equinox modules: the defaults of one channels-first
+  example), then the wrapper's own (``inference`` last for Equinox).
 """
 
 import dataclasses
@@ -13,6 +14,7 @@ import inspect
 import pytest
 
 import jaxdrop
+import jaxdrop.equinox
 
 P = inspect.Parameter
 POSITIONAL = (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD)
@@ -35,6 +37,9 @@ MODULES = ["Dropout", "SpatialDropout", "DropBlock", "DropPath", "Cutout", "Drop
 MODULE_FUNCTION = dict(zip(MODULES, FAMILY, strict=True))
 # The wrapper's own arguments, after the function's.
 WRAPPER_ARGS = ("deterministic", "rng_collection")
+# Equinox layers see one channels-first example (as eqx.nn.Conv2d), so the layout defaults
+# differ from the functions' batched channels-last ones; every other default is the function's.
+EQUINOX_DEFAULTS = {"spatial_dims": (-2, -1), "mode": "batch"}
 
 
 def test_public_api():
@@ -42,7 +47,10 @@ def test_public_api():
     assert set(FAMILY) <= set(KEYED)
     assert sorted(jaxdrop.linen.__all__) == sorted(MODULES)
     assert sorted(jaxdrop.nnx.__all__) == sorted(MODULES)
-    for module in (jaxdrop, jaxdrop.linen, jaxdrop.nnx):
+    assert sorted(jaxdrop.equinox.__all__) == sorted(MODULES)
+    # Equinox is optional: `import jaxdrop.equinox` brings it, `import jaxdrop` does not.
+    assert "equinox" not in jaxdrop.__all__
+    for module in (jaxdrop, jaxdrop.linen, jaxdrop.nnx, jaxdrop.equinox):
         for name in module.__all__:
             assert hasattr(module, name), name
 
@@ -101,6 +109,49 @@ def test_nnx_arguments_follow_the_function(name):
     for p in args:
         # Required arguments positional, options keyword-only, as in the function.
         assert (p.kind == P.KEYWORD_ONLY) == (p.default is not P.empty), f"{name}.{p.name}"
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_equinox_fields_follow_the_function(name):
+    cls = getattr(jaxdrop.equinox, name)
+    fields = [
+        (f.name, P.empty if f.default is dataclasses.MISSING else f.default)
+        for f in dataclasses.fields(cls)
+    ]
+    # `inference` last, as eqx.nn.Dropout, so eqx.nn.inference_mode toggles it.
+    assert fields[-1] == ("inference", False)
+    expected = [(n, EQUINOX_DEFAULTS.get(n, d)) for n, d in _function_args(name)]
+    assert fields[:-1] == expected
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    assert [(p.name, p.default) for p in params] == fields
+    for p in params:
+        # Required arguments positional, options keyword-only, as in the function.
+        assert (p.kind == P.KEYWORD_ONLY) == (p.default is not P.empty), f"{name}.{p.name}"
+    # Configuration is static (part of the jit cache key, as eqx.nn.Conv's kernel_size); the
+    # numeric values (keep_prob, fill), the layer and `inference` are leaves, as in eqx.nn.Dropout.
+    static = {f.name for f in dataclasses.fields(cls) if f.metadata.get("static", False)}
+    numeric = {"keep_prob", "fill", "layer", "inference"}
+    assert static == {f.name for f in dataclasses.fields(cls)} - numeric, name
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_equinox_call_signature(name):
+    """``__call__(x, *, key=None, inference=None, keep_prob=None)``, as eqx.nn.Dropout's."""
+    call = list(inspect.signature(getattr(jaxdrop.equinox, name).__call__).parameters.values())
+    has_keep_prob = "keep_prob" in [n for n, _ in _function_args(name)]
+    options = ["key", "inference"] + (["keep_prob"] if has_keep_prob else [])
+    if name == "DropConnect":
+        # The layer's own arguments pass through.
+        assert [(p.name, p.kind) for p in call[1:2]] == [("args", P.VAR_POSITIONAL)]
+        assert [(p.name, p.kind) for p in call[-1:]] == [("kwargs", P.VAR_KEYWORD)]
+        call = call[2:-1]
+    else:
+        assert [p.name for p in call[:2]] == ["self", "x"]
+        assert call[1].kind in POSITIONAL and call[1].default is P.empty
+        call = call[2:]
+    assert [(p.name, p.kind, p.default) for p in call] == [
+        (n, P.KEYWORD_ONLY, None) for n in options
+    ]
 
 
 @pytest.mark.parametrize("name", MODULES)
