@@ -20,8 +20,10 @@ HWC = jnp.moveaxis(X, 0, -1)
 # name: (module, the function with the same arguments; `x` is one example).
 MODULES = {
     "DropBlock": (
-        jeqx.DropBlock(0.7, 3, calibrate=True),
-        lambda k, x: jaxdrop.dropblock(k, x, 0.7, 3, spatial_dims=(-2, -1), calibrate=True),
+        jeqx.DropBlock(0.7, 3, calibrate=True, min_keep_prob=0.5),
+        lambda k, x: jaxdrop.dropblock(
+            k, x, 0.7, 3, spatial_dims=(-2, -1), calibrate=True, min_keep_prob=0.5
+        ),
     ),
     "DropBlock-HWC": (
         jeqx.DropBlock(0.7, (3, 2), spatial_dims=[-3, -2], normalize="expected"),

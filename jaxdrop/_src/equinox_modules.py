@@ -113,6 +113,8 @@ class DropBlock(eqx.Module):
       broadcast_dims: axes that share one mask.
       normalize: ``"actual"``, ``"expected"`` or ``"none"``.
       calibrate: solve gamma so that the expected kept fraction is ``keep_prob``.
+      min_keep_prob: a static lower bound on a traced ``keep_prob`` (a schedule's lowest value),
+        or None; see :func:`jaxdrop.dropblock`.
       inference: if true, return the input untouched. The call's ``inference`` wins.
 
     Example:
@@ -134,6 +136,7 @@ class DropBlock(eqx.Module):
     broadcast_dims: int | Sequence[int] = _static_ints(())
     normalize: masking.Normalize = _static("actual")
     calibrate: bool = _static(False)
+    min_keep_prob: float | None = _static(None)
     inference: bool = False
 
     def __check_init__(self) -> None:
@@ -164,6 +167,7 @@ class DropBlock(eqx.Module):
             broadcast_dims=self.broadcast_dims,
             normalize=self.normalize,
             calibrate=self.calibrate,
+            min_keep_prob=self.min_keep_prob,
         )
 
 
