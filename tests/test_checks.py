@@ -209,6 +209,9 @@ def test_fraction_keep_prob_is_a_number(key):
         jaxdrop.dropout(key, X, Fraction(1, 2)), jaxdrop.dropout(key, X, 0.5)
     )
     assert jaxdrop.dropblock(key, X, Fraction(1), 3) is X
+    np.testing.assert_array_equal(
+        jaxdrop.layer_keep_probs(Fraction(9, 10), 2), jaxdrop.layer_keep_probs(0.9, 2)
+    )
 
 
 def test_traced_keep_prob_is_not_checked_and_takes_no_fast_path():

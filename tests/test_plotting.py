@@ -68,3 +68,24 @@ def test_missing_matplotlib_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     with pytest.raises(ImportError, match=r"jaxdrop\[plot\]"):
         jaxdrop.plot_masks(jax.random.key(0), np.ones((8, 8, 3), np.float32))
+
+
+def test_src_modules_never_import_the_public_package():
+    # The module graph points one way: jaxdrop/__init__.py re-exports jaxdrop._src, and nothing
+    # under _src (plot_masks included) imports jaxdrop, jaxdrop.linen or jaxdrop.nnx back.
+    import ast
+    import pathlib
+
+    from jaxdrop._src import checks
+
+    for path in pathlib.Path(checks.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                if name == "jaxdrop" or name.startswith("jaxdrop."):
+                    assert name.startswith("jaxdrop._src"), (path.name, name)

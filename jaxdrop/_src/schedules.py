@@ -111,7 +111,7 @@ def layer_keep_probs(
 
         return layer_schedule
     name = "drop_rate" if from_drop_rate else "keep_prob"
-    checks.check_keep_prob(keep_prob, name)
+    keep_prob = checks.check_keep_prob(keep_prob, name)
     return _spread(keep_prob, scales, from_drop_rate)
 
 
