@@ -126,6 +126,7 @@ def run_all(sections, data, args, out: Path, progress) -> dict[str, list[dict]]:
     cache_path = out / "runs.json"
     saved = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     cache, seconds = saved.get("runs", {}), saved.get("seconds", {})
+    traces = saved.get("traces", {})
     n_test, size = len(data.x_test), data.x_test.shape[1]
     occluded = [
         occlude(data.x_test, occluder_side(f, size), data.background, seed=1_000 + i)
@@ -171,8 +172,10 @@ def run_all(sections, data, args, out: Path, progress) -> dict[str, list[dict]]:
             record["train"] = run.train_acc[-1]
         cache[ident] = records
         seconds[ident] = seconds.get(ident, 0.0) + time.perf_counter() - tic
-        cache_path.write_text(json.dumps({"runs": cache, "seconds": seconds}, indent=1))
-    args.traces = {static_label(s): t.traces for s, t in trainers.items()}
+        traces[static_label(static)] = trainer.traces
+        saved = {"runs": cache, "seconds": seconds, "traces": traces}
+        cache_path.write_text(json.dumps(saved, indent=1))
+    args.traces = traces
     args.train_seconds = sum(seconds.values())
     return cache
 
@@ -239,12 +242,13 @@ def main_tables(main, runs) -> str:
     return "\n".join(lines)
 
 
-def sweep_table(section, runs, pairs, ref_name) -> str:
-    """Rows: mean [CI] of test accuracy, and the paired difference with a reference row."""
+def sweep_table(section, runs, pairs, ref_name, none) -> str:
+    """Rows: mean [CI] of test accuracy, and the paired differences with a reference row and
+    with no regularisation (``none``: its records)."""
     lines = [
         "| configuration | test accuracy (%) | train accuracy (%) "
-        f"| paired difference vs {ref_name} |",
-        "|---|---|---|---|",
+        f"| paired difference vs {ref_name} | vs no regularisation |",
+        "|---|---|---|---|---|",
     ]
     for label, config in section.items():
         r = runs[identity(config)]
@@ -257,7 +261,8 @@ def sweep_table(section, runs, pairs, ref_name) -> str:
         )
         lines.append(
             f"| {label} | {interval_cell(metric(r, 'test'))} | "
-            f"{pct(metric(r, 'train').mean())} | {diff} |"
+            f"{pct(metric(r, 'train').mean())} | {diff} | "
+            f"{diff_cell(metric(r, 'test'), metric(none, 'test'))} |"
         )
     return "\n".join(lines)
 
@@ -390,9 +395,10 @@ def main(argv=None) -> dict:
     def dropout_pair(label):  # DropBlock against dropout at the same keep_prob and schedule
         return label.replace("DropBlock", "dropout") if label.startswith("DropBlock") else None
 
-    sweep_md = sweep_table(sweep, runs, dropout_pair, "dropout")
-    blocks_md = sweep_table(blocks, runs, lambda label: "block_size 1", "block_size 1")
-    masks_md = sweep_table(masks, runs, lambda label: "per-channel mask", "per-channel mask")
+    none = runs[identity(main_cfg["no regularisation"])]
+    sweep_md = sweep_table(sweep, runs, dropout_pair, "dropout", none)
+    blocks_md = sweep_table(blocks, runs, lambda label: "block_size 1", "block_size 1", none)
+    masks_md = sweep_table(masks, runs, lambda label: "per-channel mask", "per-channel mask", none)
     occlusion_md = main_tables(main_cfg, runs)
     command = "python examples/evaluate_regularizers.py " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
@@ -445,8 +451,8 @@ DropBlock (block_size 3) against dropout at the same keep_prob and schedule:
 - occluders: squares of side {sides} pixels wholly inside the 16 x 16 image, in the background
   colour (they erase strokes), one position per test image drawn from a fixed seed, shared by all
   models
-- compiled train steps (keep_prob and schedule traced, so one per kind of configuration):
-  {args.traces}
+- compiled train steps (keep_prob and schedule traced, so one per kind of configuration),
+  as counted when each kind was trained: {args.traces}
 - wall time: {args.train_seconds:.0f} s training and evaluating the models (summed over
   invocations when a run was continued), {elapsed:.0f} s for this invocation
 - versions: {report.versions()}, scipy {__import__("scipy").__version__}

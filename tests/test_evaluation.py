@@ -115,6 +115,7 @@ def test_quick_run(tmp_path, monkeypatch):
     assert "jax " in report and "scipy " in report and "wall time:" in report
     # One compiled train step per kind of configuration, whatever its keep_prob and schedule.
     assert "'dropblock, block 3': 1," in report
+    assert "| vs no regularisation |" in report
     for name, size in {
         "occlusion.png": (550, 900),
         "keep_prob.png": (450, 700),
@@ -128,4 +129,5 @@ def test_quick_run(tmp_path, monkeypatch):
     with jax.numpy_dtype_promotion("standard"):
         again = evaluation.main(["--quick", "--out", str(tmp_path)])
     assert again["runs"] == runs
-    assert "one per kind of configuration):\n  {}" in (tmp_path / "results.md").read_text()
+    saved = json.loads((tmp_path / "runs.json").read_text())
+    assert saved["traces"]["dropblock, block 3"] == 1
