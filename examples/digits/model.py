@@ -6,8 +6,10 @@ the skip connection of the blocks in groups 3 and 4. The per-group keep probabil
 call time, as a length-2 array (group 3, group 4) that may be traced: a schedule's value changes
 every step without a retrace.
 
-With a 16 x 16 input and strides (1, 2, 1, 2), group 3 works on 8 x 8 maps and group 4 on 4 x 4,
-so a 3 x 3 block removes a region of each map rather than a unit.
+With a 16 x 16 input and the default strides (1, 2, 1, 2), group 3 works on 8 x 8 maps and
+group 4 on 4 x 4, so a 3 x 3 block removes a region of each map rather than a unit. Strides
+(1, 2, 1, 1) keep group 4 at 8 x 8 too, so that blocks up to 7 x 7 fit in every regularised map
+(what the evaluation uses).
 """
 
 from __future__ import annotations
@@ -32,14 +34,21 @@ KINDS = ("none", "dropout", "spatial_dropout", "dropblock")
 # --- linen ------------------------------------------------------------------------------------
 
 
-def linen_regulariser(kind: str, block_size: int, calibrate: bool) -> nn.Module:
+def linen_regulariser(
+    kind: str, block_size: int, calibrate: bool, broadcast_dims: tuple[int, ...] = ()
+) -> nn.Module:
     # keep_prob=1.0 is a placeholder: the value always comes at call time.
     if kind == "dropout":
-        return jaxdrop.linen.Dropout(keep_prob=1.0)
+        return jaxdrop.linen.Dropout(keep_prob=1.0, broadcast_dims=broadcast_dims)
     if kind == "spatial_dropout":
         return jaxdrop.linen.SpatialDropout(keep_prob=1.0)
     if kind == "dropblock":
-        return jaxdrop.linen.DropBlock(keep_prob=1.0, block_size=block_size, calibrate=calibrate)
+        return jaxdrop.linen.DropBlock(
+            keep_prob=1.0,
+            block_size=block_size,
+            calibrate=calibrate,
+            broadcast_dims=broadcast_dims,
+        )
     raise ValueError(f"`kind` must be one of {KINDS[1:]}, got {kind!r}.")
 
 
@@ -49,13 +58,16 @@ class LinenBlock(nn.Module):
     kind: str
     block_size: int
     calibrate: bool
+    broadcast_dims: tuple[int, ...] = ()
 
     @nn.compact
     def __call__(self, x, keep_prob: jax.Array | None, train: bool):
         def drop(y):
             if keep_prob is None or self.kind == "none":
                 return y
-            layer = linen_regulariser(self.kind, self.block_size, self.calibrate)
+            layer = linen_regulariser(
+                self.kind, self.block_size, self.calibrate, self.broadcast_dims
+            )
             return layer(y, deterministic=not train, keep_prob=keep_prob)
 
         norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9)  # noqa: E731
@@ -76,17 +88,23 @@ class LinenResNet(nn.Module):
     kind: str = "none"
     block_size: int = 3
     calibrate: bool = False
+    # Axes that share one mask: (-1,) shares it across channels.
+    broadcast_dims: tuple[int, ...] = ()
+    widths: tuple[int, ...] = WIDTHS
+    strides: tuple[int, ...] = STRIDES
 
     @nn.compact
     def __call__(self, x, keep_probs: jax.Array, train: bool):
-        x = nn.Conv(WIDTHS[0], (3, 3), use_bias=False)(x)
+        x = nn.Conv(self.widths[0], (3, 3), use_bias=False)(x)
         x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
-        for g, (width, stride) in enumerate(zip(WIDTHS, STRIDES, strict=True)):
+        for g, (width, stride) in enumerate(zip(self.widths, self.strides, strict=True)):
             if g == REGULARISED[0]:
                 # The maps DropBlock sees first, kept for the feature-map figure.
                 self.sow("intermediates", "group3_input", x)
             keep_prob = keep_probs[REGULARISED.index(g)] if g in REGULARISED else None
-            block = LinenBlock(width, stride, self.kind, self.block_size, self.calibrate)
+            block = LinenBlock(
+                width, stride, self.kind, self.block_size, self.calibrate, self.broadcast_dims
+            )
             x = block(x, keep_prob, train)
         return nn.Dense(self.num_classes)(jnp.mean(x, axis=(1, 2)))
 
@@ -141,18 +159,20 @@ class NnxResNet(nnx.Module):
         kind: str = "none",
         block_size: int = 3,
         calibrate: bool = False,
+        widths: tuple[int, ...] = WIDTHS,
+        strides: tuple[int, ...] = STRIDES,
         rngs: nnx.Rngs,
     ):
-        self.stem = nnx.Conv(in_channels, WIDTHS[0], (3, 3), use_bias=False, rngs=rngs)
-        self.stem_norm = nnx.BatchNorm(WIDTHS[0], momentum=0.9, rngs=rngs)
-        cins: Sequence[int] = (WIDTHS[0],) + WIDTHS[:-1]
+        self.stem = nnx.Conv(in_channels, widths[0], (3, 3), use_bias=False, rngs=rngs)
+        self.stem_norm = nnx.BatchNorm(widths[0], momentum=0.9, rngs=rngs)
+        cins: Sequence[int] = (widths[0],) + tuple(widths[:-1])
         self.blocks = nnx.List(
             [
                 NnxBlock(cin, w, s, kind, block_size, calibrate, g in REGULARISED, rngs)
-                for g, (cin, w, s) in enumerate(zip(cins, WIDTHS, STRIDES, strict=True))
+                for g, (cin, w, s) in enumerate(zip(cins, widths, strides, strict=True))
             ]
         )
-        self.head = nnx.Linear(WIDTHS[-1], num_classes, rngs=rngs)
+        self.head = nnx.Linear(widths[-1], num_classes, rngs=rngs)
 
     def features(self, x):
         """The maps entering group 3, where DropBlock first acts."""
