@@ -11,8 +11,8 @@ values (the samplers' random streams may change; their sharding invariance may n
   spatial_dropout, drop_path, cutout, dropconnect): forward and gradient under a global
   ``jax.jit`` with the batch sharded over both processes; the compiled collectives are the
   same and ``normalize="actual"``'s one scalar all-reduce is the only communication jaxdrop adds;
-- a few data-parallel training steps of a linen model and of an NNX model with jaxdrop modules,
-  and ``examples/multihost.py``'s training loop: the same parameters;
+- a few data-parallel training steps of an NNX model with jaxdrop modules and of the linen model
+  of ``examples/multihost.py`` (its training loop, called as a function): the same parameters;
 - processes that pass *different* keys: what comes out, exactly;
 - ``jaxdrop.check_same_key``: silent when the processes agree, ``ValueError`` when they do not.
 
@@ -31,14 +31,25 @@ import time
 
 import jax
 import numpy as np
+import optax
 import oracle
 import pytest
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+# Importing jaxdrop, flax and optax starts no JAX backend, so the workers may still call
+# jax.distributed.initialize afterwards.
+import jaxdrop
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NUM_PROCESSES = 2
 LOCAL_DEVICES = 2
 DEVICES = NUM_PROCESSES * LOCAL_DEVICES
-# Every worker's own limit; on an idle 2-core machine the three finish in well under a minute.
+# The limit for the three workers together. Each used about 25 s of CPU time here (5.6 s for the
+# family, 6.7 s for the NNX steps, 10 s for the example, the rest imports); the margin is for a
+# loaded machine, where the wall time is many times that.
 TIMEOUT_S = 300
 # Batch 8: two examples per device, so each process holds rows [4p, 4p + 4).
 SHAPE = (8, 12, 12, 4)
@@ -132,9 +143,7 @@ def runs(tmp_path_factory):
 
 
 def family() -> dict:
-    """name -> (function of (key, data), communication jaxdrop may add)."""
-    import jaxdrop
-
+    """name -> (function of (key, data), the collectives jaxdrop may add)."""
     return {
         "dropblock-actual": (lambda k, x: jaxdrop.dropblock(k, x, 0.8, 3), "one scalar all-reduce"),
         "dropblock-expected": (
@@ -161,8 +170,6 @@ def host_inputs() -> dict[str, np.ndarray]:
 
 def _flat(prefix: str, tree) -> dict[str, np.ndarray]:
     """Leaves of a pytree of global arrays, gathered to this host, keyed by path."""
-    from jax.experimental import multihost_utils
-
     leaves = jax.tree_util.tree_leaves_with_path(tree)
     return {
         prefix + jax.tree_util.keystr(path): np.asarray(
@@ -176,8 +183,6 @@ def compute_family(mesh, results, meta):
     """Every family function, forward and gradient in one global jit; then the "different keys"
     case through the same compiled program: process p passes jax.random.key(OTHER_SEEDS[p])
     (the single process computes both keys on everything)."""
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
     from test_sharding import collectives
 
     host = host_inputs()
@@ -219,8 +224,6 @@ def compute_family(mesh, results, meta):
 
 
 def compute_check_same_key(mesh, results, meta):
-    import jaxdrop
-
     cases = {
         "same typed key": jax.random.key(KEY_SEED),
         "same legacy key": jax.random.PRNGKey(KEY_SEED),
@@ -232,7 +235,21 @@ def compute_check_same_key(mesh, results, meta):
             KEY_SEED, impl="rbg" if jax.process_index() == 1 else "threefry2x32"
         ),
     }
+    root = jax.random.key(KEY_SEED)
+    # Global key arrays: replicated (checked through this process's copy), and sharded over the
+    # processes (rejected: its shards differ between processes by design).
+    cases["same global key, replicated"] = jax.jit(
+        lambda: root, out_shardings=NamedSharding(mesh, P())
+    )()
+    sharded = jax.jit(
+        lambda: jax.random.split(root, DEVICES), out_shardings=NamedSharding(mesh, P("batch"))
+    )()
     meta["check_same_key"] = {}
+    try:
+        jaxdrop.check_same_key(sharded)
+        meta["sharded key"] = None
+    except ValueError as e:
+        meta["sharded key"] = str(e)
     for case, rng in cases.items():
         try:
             jaxdrop.check_same_key(rng)
@@ -244,12 +261,6 @@ def compute_check_same_key(mesh, results, meta):
 def compute_nnx_training(mesh, results, meta):
     """A few data-parallel steps of an NNX model with jaxdrop modules (the linen model is the
     example's, in compute_example)."""
-    import optax
-    from flax import nnx
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
-
-    import jaxdrop
 
     rng = np.random.default_rng(1)
     images = rng.standard_normal((TRAIN_STEPS, 8, 10, 10, 3), dtype=np.float32)
@@ -338,8 +349,6 @@ def worker(out: str, mode: str, process_id: int, coordinator: str | None) -> Non
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(coordinator, NUM_PROCESSES, process_id)
     try:
-        from jax.sharding import Mesh
-
         assert jax.device_count() == DEVICES, jax.devices()
         mesh = Mesh(np.asarray(jax.devices()), ("batch",))
         results: dict[str, np.ndarray] = {}
@@ -383,18 +392,7 @@ def test_processes_agree(runs):
     assert meta_a["check_same_key"] == meta_b["check_same_key"]
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "dropblock-actual",
-        "dropblock-expected",
-        "dropout",
-        "spatial_dropout",
-        "drop_path",
-        "cutout",
-        "dropconnect",
-    ],
-)
+@pytest.mark.parametrize("name", list(family()))
 def test_family_matches_single_process(runs, name):
     # Imported here: at import, test_sharding asks for the device count, which in a worker
     # would start JAX before jax.distributed.initialize.
@@ -412,7 +410,7 @@ def test_family_matches_single_process(runs, name):
     # it comes from jaxdrop.
     found = [tuple(c) for c in meta["collectives"][name]]
     assert found == [tuple(c) for c in single_meta["collectives"][name]]
-    if name == "dropblock-actual":
+    if family()[name][1] == "one scalar all-reduce":
         # The count of kept units, one scalar, reused by the backward pass.
         assert len(found) == 1 and found[0][0] == "all-reduce" and is_scalar(found[0][1]), found
     else:
@@ -445,13 +443,16 @@ def test_different_keys_per_process(runs, name):
 
 def test_check_same_key(runs):
     checks = runs["multi-0"][1]["check_same_key"]
-    for case in ("same typed key", "same legacy key", "same key, folded with the step"):
+    same = ("same typed key", "same legacy key", "same key, folded with the step")
+    for case in (*same, "same global key, replicated"):
         assert checks[case] is None, (case, checks[case])
     for case in ("key folded with the process index", "different implementation on process 1"):
         message = checks[case]
         assert message is not None, case
         assert "`rng`" in message and "[0]" in message and "[1]" in message, message
-    # One process: nothing to compare, nothing raised.
+    message = runs["multi-0"][1]["sharded key"]
+    assert message is not None and "`rng` must be one key" in message, message
+    # One process: nothing to compare, nothing raised (a global array there is fully addressable).
     assert all(v is None for v in runs["single-0"][1]["check_same_key"].values())
 
 
@@ -473,6 +474,26 @@ def test_training_matches_single_process(runs, model):
     if model == "nnx":
         # The DropBlock stream advanced once per step, on every process alike.
         assert multi["nnx/dropout-count"].tolist() == [TRAIN_STEPS]
+
+
+@pytest.mark.parametrize("make_key", [jax.random.key, jax.random.PRNGKey])
+def test_check_same_key_one_process(make_key):
+    # One process: nothing to compare, no communication, nothing raised.
+    assert jax.process_count() == 1
+    assert jaxdrop.check_same_key(make_key(0)) is None
+    assert jaxdrop.check_same_key(jax.random.split(make_key(0), 3)) is None
+
+
+@pytest.mark.parametrize("bad", [np.ones(3, np.float32), np.ones(2, np.float32), "key", None])
+def test_check_same_key_rejects_non_keys(bad):
+    with pytest.raises(TypeError, match="`rng` must be a PRNG key"):
+        jaxdrop.check_same_key(bad)
+
+
+def test_check_same_key_outside_jit_only():
+    # It is a host-side all-gather: inside jit the key is a tracer, which has no bits to compare.
+    with pytest.raises(TypeError, match="`rng` must be a concrete key"):
+        jax.jit(jaxdrop.check_same_key)(jax.random.key(0))
 
 
 def test_run_all_stops_the_others_when_one_fails(tmp_path):

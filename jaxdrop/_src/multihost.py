@@ -33,7 +33,14 @@ def _fingerprint(rng: jax.Array) -> np.ndarray:
             "pass into the jitted step."
         )
     if isinstance(data, jax.Array) and not data.is_fully_addressable:
-        # A global key (replicated over a mesh spanning processes): this process's copy.
+        # A global array spanning processes: only a replicated one has a whole copy here to
+        # compare; the shards of a sharded one differ between processes by design.
+        if not data.is_fully_replicated:
+            raise ValueError(
+                "`rng` must be one key (or array of keys) held whole by every process, got a "
+                f"global array sharded over processes ({data.sharding}). Check the key it was "
+                "derived from, before splitting and sharding it."
+            )
         data = data.addressable_shards[0].data
     impl = (
         str(jax.random.key_impl(rng))
@@ -66,15 +73,15 @@ def check_same_key(rng: jax.Array) -> None:
     Args:
       rng: a PRNG key, typed (``jax.random.key``) or legacy (``jax.random.PRNGKey``), or an array
         of keys; a concrete value, not a tracer. A global array replicated over the processes
-        is checked through this process's copy.
+        is checked through this process's copy; one sharded over the processes is rejected.
 
     Returns:
       None.
 
     Raises:
       TypeError: ``rng`` is not a PRNG key, or is a tracer (inside ``jax.jit``).
-      ValueError: the processes hold different keys; the message lists which processes agree
-        with process 0 and which do not.
+      ValueError: the processes hold different keys (the message lists the groups of processes
+        that agree), or ``rng`` is a global array sharded over the processes.
 
     Examples:
       >>> import jax, jaxdrop
