@@ -10,6 +10,7 @@ from jaxdrop._src.drop_path import drop_path_keep_probs as drop_path_keep_probs
 from jaxdrop._src.dropblock import dropblock as dropblock
 from jaxdrop._src.dropconnect import dropconnect as dropconnect
 from jaxdrop._src.dropout import dropout as dropout
+from jaxdrop._src.multihost import check_same_key as check_same_key
 from jaxdrop._src.plotting import plot_masks as plot_masks
 from jaxdrop._src.schedules import layer_keep_probs as layer_keep_probs
 from jaxdrop._src.spatial_dropout import spatial_dropout as spatial_dropout
@@ -17,6 +18,7 @@ from jaxdrop._src.spatial_dropout import spatial_dropout as spatial_dropout
 __version__ = importlib.metadata.version("jaxdrop")
 
 __all__ = [
+    "check_same_key",
     "cutout",
     "drop_path",
     "drop_path_keep_probs",
