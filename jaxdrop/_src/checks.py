@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
+from typing import TypeGuard
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +48,7 @@ def check_keep_prob(keep_prob: float | jax.Array, name: str = "keep_prob") -> No
         raise TypeError(f"`{name}` must have a real dtype, got {keep_prob.dtype}.")
 
 
-def is_python_number(value: object) -> bool:
+def is_python_number(value: object) -> TypeGuard[float]:
     """True for a Python (or NumPy) number, which is safe to branch on outside a trace."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
@@ -57,7 +58,7 @@ def canonical_axes(
 ) -> tuple[int, ...]:
     """Normalises ``axes`` to a tuple of distinct non-negative ints, in the given order."""
     if isinstance(axes, numbers.Integral) and not isinstance(axes, bool):
-        axes = (axes,)
+        axes = (int(axes),)
     if not isinstance(axes, Sequence) or not all(
         isinstance(a, numbers.Integral) and not isinstance(a, bool) for a in axes
     ):
@@ -88,7 +89,7 @@ def check_disjoint(a: tuple[int, ...], a_name: str, b: tuple[int, ...], b_name: 
 def canonical_sizes(size: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
     """Turns an int or a sequence of ``n`` ints, each positive, into a tuple of ``n`` ints."""
     if isinstance(size, numbers.Integral) and not isinstance(size, bool):
-        size = (size,) * n
+        size = (int(size),) * n
     if not isinstance(size, Sequence) or not all(
         isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in size
     ):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import numbers
 from collections.abc import Sequence
 
 import jax
@@ -87,12 +86,12 @@ def cutout(
 
 def _check_fill(fill: object) -> None:
     if isinstance(fill, bool) or not isinstance(
-        fill, numbers.Real | jax.Array | np.ndarray | np.generic
+        fill, int | float | jax.Array | np.ndarray | np.generic
     ):
         raise TypeError(f"`fill` must be a float or a scalar JAX array, got {type(fill).__name__}.")
     if np.ndim(fill) != 0:
         raise ValueError(f"`fill` must be a scalar, got an array of shape {np.shape(fill)}.")
-    dtype = np.result_type(fill) if isinstance(fill, numbers.Real) else fill.dtype
+    dtype = np.result_type(fill) if isinstance(fill, int | float) else fill.dtype
     if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
         raise TypeError(f"`fill` must have a real dtype, got {dtype}.")
 
@@ -150,4 +149,5 @@ def cutout_mask(
         )
         inside = (index >= start) & (index < start + s)
         covered = inside if covered is None else covered & inside
+    assert covered is not None  # spatial_dims is never empty (checked by cutout)
     return jnp.any(covered, axis=0)
