@@ -2,28 +2,30 @@
 
 A name in ``__all__`` of ``jaxdrop``, ``jaxdrop.linen``, ``jaxdrop.nnx`` or ``jaxdrop.equinox``
 must appear in the ``autosummary`` of ``docs/api/<module>.rst`` under ``.. currentmodule::
-<module>``; every entry there must be a public name (no stale pages). ``__all__`` is read from the
-source with ``ast``, so this needs neither Equinox nor Sphinx installed.
+<module>``; every entry there must be a public name (no stale pages). ``__all__`` is read with
+``ast`` from the sources of the jaxdrop that Python would import (the checkout, or the installed
+wheel in CI), so this needs neither Equinox nor Sphinx installed.
 """
 
 import ast
+import importlib.util
 import re
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-API = ROOT / "docs" / "api"
+API = Path(__file__).resolve().parent.parent / "docs" / "api"
 MODULES = ("jaxdrop", "jaxdrop.linen", "jaxdrop.nnx", "jaxdrop.equinox")
+# The folder that holds the jaxdrop package, found without importing it.
+_SPEC = importlib.util.find_spec("jaxdrop")
+assert _SPEC is not None and _SPEC.origin is not None
+PACKAGE_PARENT = Path(_SPEC.origin).parent.parent
 
-pytestmark = pytest.mark.skipif(
-    not (API.is_dir() and (ROOT / "jaxdrop").is_dir()),
-    reason="needs the source tree's docs/ and jaxdrop/ next to tests/",
-)
+pytestmark = pytest.mark.skipif(not API.is_dir(), reason="needs docs/ next to tests/")
 
 
 def module_source(module: str) -> Path:
-    path = ROOT.joinpath(*module.split("."))
+    path = PACKAGE_PARENT.joinpath(*module.split("."))
     return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
 
 
