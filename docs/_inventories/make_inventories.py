@@ -46,12 +46,17 @@ INVENTORIES = {
         "2",
         {
             ("py:class", "numpy.ndarray"): "reference/generated/numpy.ndarray.html#numpy.ndarray",
+            ("py:class", "numpy.number"): "reference/arrays.scalars.html#numpy.number",
+            ("py:class", "numpy.bool"): "reference/arrays.scalars.html#numpy.bool",
         },
     ),
     "jax": (
         "0.10",
         {
             ("py:class", "jax.Array"): "_autosummary/jax.Array.html#jax.Array",
+            # What autodoc writes for a `jax.Array` annotation (the class's real module).
+            ("py:class", "jax.jaxlib._jax.Array"): "_autosummary/jax.Array.html#jax.Array",
+            ("py:class", "jax.typing.ArrayLike"): "jax.typing.html#jax.typing.ArrayLike",
             ("py:data", "jax.typing.ArrayLike"): "jax.typing.html#jax.typing.ArrayLike",
             ("py:function", "jax.jit"): "_autosummary/jax.jit.html#jax.jit",
             ("py:function", "jax.vmap"): "_autosummary/jax.vmap.html#jax.vmap",
@@ -89,6 +94,19 @@ INVENTORIES = {
                 "api_reference/flax.nnx/nn/stochastic.html#flax.nnx.Dropout"
             ),
             ("py:class", "flax.nnx.Rngs"): "api_reference/flax.nnx/rnglib.html#flax.nnx.Rngs",
+            (
+                "py:class",
+                "flax.nnx.rnglib.Rngs",
+            ): "api_reference/flax.nnx/rnglib.html#flax.nnx.Rngs",
+            ("py:class", "flax.nnx.rnglib.RngStream"): (
+                "api_reference/flax.nnx/rnglib.html#flax.nnx.RngStream"
+            ),
+            ("py:class", "flax.linen.module.Module"): (
+                "api_reference/flax.linen/module.html#flax.linen.Module"
+            ),
+            ("py:class", "flax.nnx.module.Module"): (
+                "api_reference/flax.nnx/module.html#flax.nnx.Module"
+            ),
             ("py:class", "flax.nnx.RngStream"): (
                 "api_reference/flax.nnx/rnglib.html#flax.nnx.RngStream"
             ),
