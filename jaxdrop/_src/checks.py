@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import numbers
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 import jax
 import jax.numpy as jnp
@@ -130,7 +130,7 @@ def nothing_to_drop(size: int, keep_prob: float | jax.Array) -> bool:
     return size == 0 or concrete_value(keep_prob) == 1.0
 
 
-def is_python_number(value: object) -> bool:
+def is_python_number(value: object) -> TypeGuard[float]:
     """True for a Python (or NumPy) number, which is safe to branch on outside a trace."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
@@ -167,7 +167,7 @@ def canonical_axes(
 ) -> tuple[int, ...]:
     """Normalises ``axes`` to a tuple of distinct non-negative ints, in the given order."""
     if isinstance(axes, numbers.Integral) and not isinstance(axes, bool):
-        axes = (axes,)
+        axes = (int(axes),)
     if not isinstance(axes, Sequence) or not all(
         isinstance(a, numbers.Integral) and not isinstance(a, bool) for a in axes
     ):
@@ -199,7 +199,7 @@ def canonical_sizes(size: int | Sequence[int], n: int, name: str) -> tuple[int, 
     """Turns an int or a sequence of ``n`` ints, each positive, into a tuple of ``n`` ints."""
     given = size
     if isinstance(size, numbers.Integral) and not isinstance(size, bool):
-        size = (size,) * n
+        size = (int(size),) * n
     if not isinstance(size, Sequence) or not all(
         isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in size
     ):

@@ -135,4 +135,5 @@ def cutout_mask(
         )
         inside = (index >= start) & (index < start + s)
         covered = inside if covered is None else covered & inside
+    assert covered is not None  # spatial_dims is never empty (checked by cutout)
     return ~jnp.any(covered, axis=0)
