@@ -12,11 +12,17 @@ from __future__ import annotations
 import functools
 import numbers
 from collections.abc import Sequence
-from typing import Any, TypeGuard
+from typing import Any, TypeGuard, cast
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
+
+
+def _default_prng_impl() -> str:
+    """The default PRNG implementation's name, context managers included."""
+    return jax.config.jax_default_prng_impl  # pyright: ignore[reportAttributeAccessIssue]
 
 
 @functools.cache
@@ -39,10 +45,10 @@ def check_key(rng: object, name: str = "rng") -> None:
             f"`jax.random.PRNGKey(seed)`), got {rng!r}."
         )
     shape = tuple(rng.shape)
-    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
         key_shape: tuple[int, ...] = ()
     elif dtype == np.uint32:
-        key_shape = _legacy_key_shape(jax.config.jax_default_prng_impl)
+        key_shape = _legacy_key_shape(_default_prng_impl())
     else:
         raise TypeError(
             f"`{name}` must be a PRNG key from `jax.random.key(seed)` (or a legacy uint32 "
@@ -59,7 +65,8 @@ def check_key(rng: object, name: str = "rng") -> None:
         )
     raise ValueError(
         f"`{name}` must be a legacy key of shape {key_shape} (the default PRNG implementation, "
-        f"{jax.config.jax_default_prng_impl}) or a typed key, got a uint32 array of shape {shape}."
+        f"{_default_prng_impl()}) or a typed key, got a uint32 array of "
+        f"shape {shape}."
     )
 
 
@@ -96,7 +103,7 @@ def concrete_value(value: object) -> float | None:
     """
     if isinstance(value, numbers.Real):
         return float(value)
-    if isinstance(value, jax.core.Tracer):
+    if isinstance(value, Tracer):
         return None
     if isinstance(value, jax.Array) and not value.is_fully_addressable:
         return None
@@ -114,7 +121,7 @@ def check_keep_prob(keep_prob: object, name: str = "keep_prob") -> float | jax.A
     check_real_scalar(keep_prob, name)
     value = concrete_value(keep_prob)
     if value is None:
-        return keep_prob
+        return cast(jax.Array, keep_prob)
     if not 0.0 <= value <= 1.0:  # Also rejects NaN.
         raise ValueError(f"`{name}` must be in [0, 1], got {keep_prob!r}.")
     return keep_prob if isinstance(keep_prob, jax.Array) else value

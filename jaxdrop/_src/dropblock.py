@@ -345,11 +345,12 @@ def seed_cap(
     no bound, and wherever the sampler's cost model prefers the dense draw anyway (so all such
     Python values share one compilation).
     """
-    if keep_prob is None and min_keep_prob is None:
+    bound = min_keep_prob if keep_prob is None else keep_prob
+    if bound is None:
         return None
     blocks = clipped_blocks(mask_shape, spatial_dims, block_size)
     sizes = tuple(mask_shape[d] for d in spatial_dims)
-    cap = gamma_bound(min_keep_prob if keep_prob is None else keep_prob, sizes, blocks, calibrate)
+    cap = gamma_bound(bound, sizes, blocks, calibrate)
     if keep_prob is not None:
         rung = 1.0
         while rung / _CAP_LADDER >= cap:

@@ -381,12 +381,12 @@ class DropConnect(nn.Module):
         key = training_key(self, deterministic, rng)
         if key is None:
             return self.layer(*args, **kwargs)
-        keep_prob = checks.module_keep_prob(self, keep_prob)
+        kp: float | jax.Array = checks.module_keep_prob(self, keep_prob)
 
         def mask(variables: dict[str, Any]) -> dict[str, Any]:
             if "params" not in variables:  # A layer without parameters: nothing to drop.
                 return variables
-            masked = dropconnect(key, variables["params"], keep_prob, where=self.where)
+            masked = dropconnect(key, variables["params"], kp, where=self.where)
             return {**variables, "params": masked}
 
         if self.is_initializing():

@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 from jax.experimental import multihost_utils
 
 
@@ -27,7 +29,7 @@ def _fingerprint(rng: jax.Array) -> np.ndarray:
             f"{type(rng).__name__} of dtype {getattr(rng, 'dtype', None)} and shape "
             f"{np.shape(rng)}."
         ) from e
-    if isinstance(data, jax.core.Tracer):
+    if isinstance(data, Tracer):
         raise TypeError(
             "`rng` must be a concrete key: call check_same_key outside jax.jit, on the key you "
             "pass into the jitted step."
@@ -43,9 +45,7 @@ def _fingerprint(rng: jax.Array) -> np.ndarray:
             )
         data = data.addressable_shards[0].data
     impl = (
-        str(jax.random.key_impl(rng))
-        if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key)
-        else "raw"
+        str(jax.random.key_impl(rng)) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else "raw"
     )
     digest = hashlib.sha256()
     digest.update(f"{impl}{np.shape(data)}{np.asarray(data).dtype}".encode())

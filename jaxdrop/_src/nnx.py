@@ -473,9 +473,9 @@ class DropConnect(Stochastic):
         key = self.training_key(deterministic, rngs)
         if key is None:
             return self.layer(*args, **kwargs)
-        keep_prob = checks.module_keep_prob(self, keep_prob)
+        kp: float | jax.Array = checks.module_keep_prob(self, keep_prob)
         graphdef, params, rest = nnx.split(self.layer, nnx.Param, ...)
-        masked = dropconnect(key, nnx.to_pure_dict(params), keep_prob, where=self.where)
+        masked = dropconnect(key, nnx.to_pure_dict(params), kp, where=self.where)
         # replace_by_pure_dict puts new Variables into `params`; the layer's own are untouched.
         nnx.replace_by_pure_dict(params, masked)
         copy = nnx.merge(graphdef, params, rest)

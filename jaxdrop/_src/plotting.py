@@ -160,7 +160,7 @@ def plot_masks(
     if x.ndim != 3:
         raise ValueError(f"`x` must have shape (H, W, C) or (H, W), got shape {x.shape}.")
     h, w, c = x.shape
-    keep_prob = checks.check_keep_prob(keep_prob)
+    keep_prob = float(checks.check_keep_prob(keep_prob))
     block_sizes = tuple(_positive_int(b, "block_sizes") for b in block_sizes)
     cutout_size = max(1, min(h, w) // 2) if cutout_size is None else cutout_size
     cutout_size = _positive_int(cutout_size, "cutout_size")
