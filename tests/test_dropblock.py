@@ -374,7 +374,7 @@ def test_bad_min_keep_prob(key, min_keep_prob, keep_prob, error, match):
 
 def test_sparse_sampler_reuses_no_key():
     # Forward and gradient on the sparse path (Python keep_prob, and traced with a bound):
-    # platform_dependent passes the key to one sampler, and the backward pass's redraw is the
+    # the sampler primitive consumes the key once, and the backward pass's redraw is the
     # deliberate, cloned one.
     x = jnp.ones((2, 28, 28, 8))
     with jax.debug_key_reuse(True):

@@ -192,6 +192,30 @@ def test_edges_of_gamma(gamma_cap):
         assert bool(draw(jnp.float32(1.0)).all())
 
 
+def test_sampler_primitive_is_the_same_eager_jitted_and_batched():
+    # The per-platform sampler is a primitive with its own eager rule and vmap rule: both must
+    # give the bits of a jitted call per example, for a key batched on any axis, a batched gamma
+    # and nested vmaps (two batch axes).
+    def draw(k, g):
+        return sampling.bernoulli_seeds(k, g, SHAPE, gamma_cap=0.01, leading_axes=1)
+
+    keys = jax.random.split(jax.random.key(4), (3, 2))
+    gammas = jnp.asarray([0.002, 0.005], jnp.float32)
+    # The outer vmap maps the keys' axis 1, so the primitive sees a batch axis off the front.
+    batched = jax.jit(jax.vmap(jax.vmap(draw, in_axes=(0, None)), in_axes=(1, None)))
+    got = np.asarray(batched(keys, gammas[0]))
+    assert got.shape == (2, 3, *SHAPE)
+    for j in range(2):
+        for i in range(3):
+            want = np.asarray(jax.jit(draw)(keys[i, j], gammas[0]))
+            np.testing.assert_array_equal(got[j, i], want)
+    eager = np.asarray(draw(keys[0, 0], gammas[1]))
+    np.testing.assert_array_equal(eager, np.asarray(jax.jit(draw)(keys[0, 0], gammas[1])))
+    over_gamma = np.asarray(jax.jit(jax.vmap(draw, in_axes=(None, 0)))(keys[0, 0], gammas))
+    np.testing.assert_array_equal(over_gamma[1], eager)
+    assert 0 < over_gamma[0].sum() < over_gamma[1].sum()  # The gammas are not swapped.
+
+
 def test_sub_rows_are_independent_and_cover_the_row():
     # 2 rows of 10 501 positions in sub-rows of at most 1 000 (11 of 955, the last one padded).
     shape, gamma = (2, 10_501), 0.01

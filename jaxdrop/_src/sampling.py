@@ -30,8 +30,9 @@ that is the sampler's one approximation, and it is far below the ``2**-23`` floa
 of ``gamma`` itself. ``dropblock`` derives ``gamma_cap`` from a Python ``keep_prob`` (rounded up
 to a power of 4, so nearby values share a compilation) or from ``min_keep_prob``.
 
-**Per platform.** :func:`jax.lax.platform_dependent` picks the sparse sampler on CPU and the
-dense one elsewhere, at lowering time. The CPU choice is static too: a cost model, ``R * (K *
+**Per platform.** A private primitive with one lowering per platform picks the sparse sampler
+on CPU and the dense one elsewhere, at lowering time, so that a lowering for one platform holds
+that platform's sampler and no control flow. The CPU choice is static too: a cost model, ``R * (K *
 _SPARSE_DRAW_NS + n * _SPARSE_POSITION_NS)`` against ``R * n * _DENSE_POSITION_NS``, picks the
 dense draw on every platform when it is not more expensive, and for grids below
 ``_DENSE_BELOW`` positions.
@@ -54,10 +55,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from functools import partial
 
 import jax
+import jax.extend
 import jax.numpy as jnp
-from jax import lax
+from jax._src import dispatch  # Private: the eager rule of JAX's own primitives.
+from jax.interpreters import ad, batching, mlir
 
 # Positions are exact float32 integers below 2**24 (see the module docstring).
 MAX_ROW = 2**24 - 1
@@ -244,9 +248,81 @@ def bernoulli_seeds(
     plan = None if gamma_cap is None else sparse_plan(shape, leading_axes, gamma_cap, max_row)
     if plan is None:
         return _dense(rng, gamma, shape, dtype)
-    return lax.platform_dependent(
-        rng,
-        gamma,
-        cpu=lambda rng, gamma: _sparse(rng, gamma, shape, dtype, plan),
-        default=lambda rng, gamma: _dense(rng, gamma, shape, dtype),
+    if not jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        rng = jax.random.wrap_key_data(rng)  # A legacy key, read as jax.random reads it.
+    return _seed_grid_p.bind(
+        rng, gamma, shape=shape, dtype=jnp.dtype(dtype), plan=plan, batch_ndim=0
     )
+
+
+# The sampler is chosen per platform by a primitive with one lowering per platform, as JAX does
+# for threefry2x32, rather than by ``lax.platform_dependent``: that lowers to ``stablehlo.case``
+# ops on a constant index even for a single platform, and an accelerator lowering must hold no
+# control flow at all (tests/test_lowering.py). A lowering for several platforms at once still
+# picks with a case op (JAX emits it around the per-platform rules).
+#
+# The operands are the typed key, so ``debug_key_reuse`` sees the primitive consume it (JAX's
+# rule for a primitive it does not know), and ``gamma``; both carry ``batch_ndim`` leading batch
+# axes that ``vmap`` adds, and each lowering ``vmap``s the one-example sampler over them, so a
+# vmapped call equals a loop over examples bit for bit, as with a direct call of the sampler.
+_seed_grid_p = jax.extend.core.Primitive("jaxdrop_seed_grid")
+
+
+def _dense_sampler(rng, gamma, shape, dtype, plan):
+    del plan
+    return _dense(rng, gamma, shape, dtype)
+
+
+def _seed_grid(sampler, rng, gamma, *, shape, dtype, plan, batch_ndim):
+    def one(rng, gamma):
+        return sampler(rng, gamma, shape, dtype, plan)
+
+    for _ in range(batch_ndim):
+        one = jax.vmap(one)
+    return one(rng, gamma)
+
+
+def _seed_grid_abstract_eval(rng, gamma, *, shape, dtype, plan, batch_ndim):
+    del plan
+    if rng.shape != gamma.shape or gamma.ndim != batch_ndim:
+        raise ValueError(  # Internal: the batching rule keeps these equal.
+            f"`rng` and `gamma` must have the batch shape of `batch_ndim={batch_ndim}` axes, "
+            f"got {rng.shape} and {gamma.shape}."
+        )
+    return jax.core.ShapedArray(gamma.shape + shape, dtype)
+
+
+def _seed_grid_batch(args, dims, *, batch_ndim, **params):
+    size = next(a.shape[d] for a, d in zip(args, dims, strict=True) if d is not None)
+
+    def to_front(a, d):
+        if d is None:  # Not batched (batching.not_mapped).
+            return jnp.broadcast_to(a, (size, *a.shape))
+        return jnp.moveaxis(a, d, 0)
+
+    rng, gamma = (to_front(a, d) for a, d in zip(args, dims, strict=True))
+    return _seed_grid_p.bind(rng, gamma, batch_ndim=batch_ndim + 1, **params), 0
+
+
+_seed_grid_p.def_impl(partial(dispatch.apply_primitive, _seed_grid_p))
+_seed_grid_p.def_abstract_eval(_seed_grid_abstract_eval)
+batching.primitive_batchers[_seed_grid_p] = _seed_grid_batch
+
+
+def _seed_grid_jvp(primals, tangents, **params):
+    # Seeds are integers: no tangent (dropblock also stops the gradient of keep_prob).
+    del tangents
+    seeds = _seed_grid_p.bind(*primals, **params)
+    return seeds, ad.Zero.from_primal_value(seeds)
+
+
+ad.primitive_jvps[_seed_grid_p] = _seed_grid_jvp
+mlir.register_lowering(
+    _seed_grid_p,
+    mlir.lower_fun(partial(_seed_grid, _dense_sampler), multiple_results=False),
+)
+mlir.register_lowering(
+    _seed_grid_p,
+    mlir.lower_fun(partial(_seed_grid, _sparse), multiple_results=False),
+    platform="cpu",
+)
