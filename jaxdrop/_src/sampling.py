@@ -61,6 +61,7 @@ import jax
 import jax.extend
 import jax.numpy as jnp
 from jax._src import dispatch  # Private: the eager rule of JAX's own primitives.
+from jax.core import ShapedArray
 from jax.interpreters import ad, batching, mlir
 
 # Positions are exact float32 integers below 2**24 (see the module docstring).
@@ -248,7 +249,7 @@ def bernoulli_seeds(
     plan = None if gamma_cap is None else sparse_plan(shape, leading_axes, gamma_cap, max_row)
     if plan is None:
         return _dense(rng, gamma, shape, dtype)
-    if not jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
         rng = jax.random.wrap_key_data(rng)  # A legacy key, read as jax.random reads it.
     return _seed_grid_p.bind(
         rng, gamma, shape=shape, dtype=jnp.dtype(dtype), plan=plan, batch_ndim=0
@@ -289,7 +290,7 @@ def _seed_grid_abstract_eval(rng, gamma, *, shape, dtype, plan, batch_ndim):
             f"`rng` and `gamma` must have the batch shape of `batch_ndim={batch_ndim}` axes, "
             f"got {rng.shape} and {gamma.shape}."
         )
-    return jax.core.ShapedArray(gamma.shape + shape, dtype)
+    return ShapedArray(gamma.shape + shape, dtype)
 
 
 def _seed_grid_batch(args, dims, *, batch_ndim, **params):
@@ -313,7 +314,8 @@ def _seed_grid_jvp(primals, tangents, **params):
     # Seeds are integers: no tangent (dropblock also stops the gradient of keep_prob).
     del tangents
     seeds = _seed_grid_p.bind(*primals, **params)
-    return seeds, ad.Zero.from_primal_value(seeds)
+    # `Zero.from_primal_value` is public at run time but missing from the type stubs.
+    return seeds, ad.Zero.from_primal_value(seeds)  # pyright: ignore[reportAttributeAccessIssue]
 
 
 ad.primitive_jvps[_seed_grid_p] = _seed_grid_jvp
