@@ -25,5 +25,5 @@ def key():
 
 @pytest.fixture
 def x_key():
-    """A key for drawing test inputs, independent of ``key`` (never draw ``x`` and the mask from one key)."""
+    """A key for test inputs, independent of ``key``: never draw ``x`` and a mask from one key."""
     return jax.random.key(1)
