@@ -4,14 +4,20 @@ Everything here loops over seeds, patches or units in plain Python and NumPy, so
 to check by reading. The property tests draw the random part (seed grid, Bernoulli mask, patch
 centres) the same way the implementation does, build the expected output here, and compare
 exactly.
+
+The last section holds the two measurements of compiled programs that the tests share: how many
+XLA compilations a block of code triggers, and which cross-device collectives compiled HLO has.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
 
+import jax
 import numpy as np
 
 # ---------------------------------------------------------------------------------------------
@@ -162,3 +168,44 @@ def same(a: np.ndarray, b: np.ndarray) -> bool:
         return False
     af, bf = a.astype(np.float64), b.astype(np.float64)
     return bool(np.all((af == bf) | (np.isnan(af) & np.isnan(bf))))
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiled programs
+# ---------------------------------------------------------------------------------------------
+
+# The event JAX records once per XLA backend compilation (jax/_src/dispatch.py), whatever
+# was jitted: a user's jax.jit, a library-internal jit, an nnx.jit or an eqx.filter_jit.
+_BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+
+
+@contextlib.contextmanager
+def compilations() -> Iterator[list[str]]:
+    """Lists the names of the functions XLA compiles inside the ``with`` block.
+
+    ``with compilations() as compiled: ...`` then ``assert compiled == []``. Warm up first:
+    the first call of anything compiles.
+    """
+    compiled: list[str] = []
+
+    def listener(event: str, duration: float, **kwargs: object) -> None:
+        del duration
+        if event == _BACKEND_COMPILE:
+            compiled.append(str(kwargs.get("fun_name", "?")))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield compiled
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+_COLLECTIVE = re.compile(
+    r"=\s*(\(.*?\)|\S+)\s+(all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter|"
+    r"collective-broadcast|ragged-all-to-all)(?:-start)?\("
+)
+
+
+def collectives(hlo_text: str) -> list[tuple[str, str]]:
+    """``(op, result type)`` of every cross-device collective in compiled HLO text."""
+    return [(m.group(2), m.group(1)) for m in _COLLECTIVE.finditer(hlo_text)]

@@ -63,7 +63,10 @@ def scale_ulps(scale: float, total: int, kept: int) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("n", [2**24 - 1, 2**24 + 1, 2**25 + 3, 123_456_789])
+# The 123 M element count is marked slow; the sizes before it already pass 2**24.
+@pytest.mark.parametrize(
+    "n", [2**24 - 1, 2**24 + 1, 2**25 + 3, pytest.param(123_456_789, marks=pytest.mark.slow)]
+)
 def test_count_true_is_exact_up_to_one_final_rounding(n):
     # A float32 running sum cannot count past 2**24 (2**24 + 1 == 2**24 in float32); the integer
     # count is exact and only the total is rounded to float32, once.
@@ -78,7 +81,8 @@ def test_count_true_is_exact_up_to_one_final_rounding(n):
     assert float(count()) == float(np.float32(n))
 
 
-@pytest.mark.parametrize("batch", [1, 2])
+# Two examples (40.5 M units) are marked slow; one example already has more than 2**24.
+@pytest.mark.parametrize("batch", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_actual_scale_past_2_24_units_per_example(batch):
     # One example of 4500 x 4500 = 20.25M units, more than 2**24: the scale of "actual" is
     # size / kept with kept counted exactly (NumPy int64 here), rounded as float32 arithmetic

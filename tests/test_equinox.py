@@ -8,6 +8,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import oracle
 import pytest
 
 import jaxdrop
@@ -259,37 +260,30 @@ def test_filter_grad_through_the_vmapped_model():
 
 
 def test_traced_call_time_keep_prob_does_not_retrace(key):
-    traces = 0
-
     @eqx.filter_jit
     def apply(module, x, key, keep_prob):
-        nonlocal traces
-        traces += 1
-        return module(x, key=key, keep_prob=keep_prob)
+        y = module(x, key=key, keep_prob=keep_prob)
+        return y, jnp.mean(y != 0)
 
     module = jeqx.DropBlock(0.9, 3)
-    kept = []
-    for keep_prob in (0.9, 0.5, 0.2):
-        y = apply(module, X, key, jnp.float32(keep_prob))
-        kept.append(float(jnp.mean(y != 0)))
+    outputs = [apply(module, X, key, jnp.float32(0.9))]
+    with oracle.compilations() as compiled:
+        outputs += [apply(module, X, key, jnp.float32(p)) for p in (0.5, 0.2)]
+    assert compiled == []
+    kept = [float(fraction) for _, fraction in outputs]
+    for (y, _), keep_prob in zip(outputs, (0.9, 0.5, 0.2), strict=True):
         np.testing.assert_array_equal(
             y, jaxdrop.dropblock(key, X, jnp.float32(keep_prob), 3, spatial_dims=(-2, -1))
         )
-    assert traces == 1
     assert kept[0] > kept[1] > kept[2]
     # A keep_prob field that is a JAX array is a dynamic leaf too: changing it does not retrace.
-    traces = 0
-
-    @eqx.filter_jit
-    def apply_field(module, x, key):
-        nonlocal traces
-        traces += 1
-        return module(x, key=key)
-
+    apply_field = eqx.filter_jit(lambda module, x, key: module(x, key=key))
     dynamic = jeqx.Dropout(jnp.float32(0.9))
     apply_field(dynamic, X, key)
-    apply_field(eqx.tree_at(lambda m: m.keep_prob, dynamic, jnp.float32(0.3)), X, key)
-    assert traces == 1
+    changed = eqx.tree_at(lambda m: m.keep_prob, dynamic, jnp.float32(0.3))
+    with oracle.compilations() as compiled:
+        apply_field(changed, X, key)
+    assert compiled == []
 
 
 def test_lists_become_hashable_static_fields(key):

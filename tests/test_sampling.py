@@ -16,6 +16,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import oracle
 import pytest
 
 import jaxdrop
@@ -251,22 +252,31 @@ def test_gamma_bound_covers_the_float32_gamma(calibrate):
         assert np.all(np.diff(gammas) <= 0)
 
 
-def test_no_retrace_when_keep_prob_changes(key):
-    traces = []
-
+def test_traced_keep_prob_across_the_range_of_gamma(key):
+    # One compiled program per min_keep_prob, sparse with the bound and dense without, serves
+    # gammas from about 0.0002 to the bound (keep_prob clipped up to min_keep_prob) without a
+    # recompile, and keeps the exact expected fraction at each.
     @functools.partial(jax.jit, static_argnames="min_keep_prob")
     def f(key, x, keep_prob, min_keep_prob):
-        traces.append(None)
-        return jaxdrop.dropblock(key, x, keep_prob, 5, min_keep_prob=min_keep_prob)
+        return jaxdrop.dropblock(key, x, keep_prob, 5, min_keep_prob=min_keep_prob) != 0
 
     x = jnp.ones((2, 40, 40, 8))
+    sizes, blocks = (40, 40), (5, 5)
+    seed_positions = 36 * 36
     for min_keep_prob in (None, 0.5):
-        # gamma from about 0.0002 to above the bound (clipped) or dense.
-        for keep_prob in [0.999, 0.9, 0.5, 0.05]:
-            y = f(key, x, jnp.float32(keep_prob), min_keep_prob)
-            kept = float(jnp.mean(y != 0))
-            assert max(keep_prob, min_keep_prob or 0.0) - 0.15 < kept <= 1.0
-    assert len(traces) == 2
+        f(key, x, jnp.float32(0.9), min_keep_prob)
+        with oracle.compilations() as compiled:
+            for keep_prob in [0.999, 0.9, 0.5, 0.05]:
+                kept = np.asarray(f(key, x, jnp.float32(keep_prob), min_keep_prob))
+                effective = max(keep_prob, min_keep_prob or 0.0)
+                gamma = oracle.paper_gamma(effective, sizes, blocks)
+                expected = oracle.expected_keep_map(gamma, sizes, blocks).mean()
+                # Efron-Stein: one seed moves a map's kept fraction by at most 25 / 1600, so
+                # the variance per map is at most seed_positions * gamma * (25 / 1600) ** 2;
+                # the mean of the 16 independent maps lies within 5 of its standard deviations.
+                sd = math.sqrt(seed_positions * gamma) * (25 / 1600) / math.sqrt(16)
+                assert abs(kept.mean() - expected) < 5 * sd, (keep_prob, kept.mean(), expected)
+        assert compiled == []
 
 
 def test_python_keep_probs_share_a_compilation_per_power_of_4(key):
@@ -277,10 +287,10 @@ def test_python_keep_probs_share_a_compilation_per_power_of_4(key):
     }
     assert all(c is not None and math.log(c, 4) == round(math.log(c, 4)) for c in caps.values())
     assert len(set(caps.values())) == 2  # keep_probs 0.5 to 0.9 span two rungs here.
-    before = dropblock_lib._dropblock._cache_size()
-    for p in caps:
-        jaxdrop.dropblock(key, x, p, 5)
-    assert dropblock_lib._dropblock._cache_size() == before + 2
+    with oracle.compilations() as compiled:
+        for p in caps:
+            jaxdrop.dropblock(key, x, p, 5)
+    assert compiled == ["jit(_dropblock)"] * 2
     # Grids where the dense draw is cheaper share one compilation for every Python keep_prob.
     assert dropblock_lib.seed_cap((2, 6, 6, 2), (1, 2), (3, 3), False, 0.9, None) is None
 

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import oracle
 import pytest
 from flax import nnx
 
@@ -56,21 +57,18 @@ def test_extremes():
 
 
 def test_schedule_in_jit_exact_and_one_trace():
-    traces = 0
     layer_schedule = jaxdrop.layer_keep_probs(optax.linear_schedule(1.0, 0.5, 8), 2)
-
-    @jax.jit
-    def f(step):
-        nonlocal traces
-        traces += 1
-        return layer_schedule(step)
+    f = jax.jit(layer_schedule)
+    f(jnp.int32(0))
+    layer_schedule(0)
 
     # keep_prob at step s is 1 - s / 16 (dyadic); group 3 drops a quarter of group 4's rate.
-    for s in range(10):
-        drop = min(s, 8) / 16
-        np.testing.assert_array_equal(f(jnp.int32(s)), np.float32([1 - drop / 4, 1 - drop]))
-        np.testing.assert_array_equal(layer_schedule(s), f(jnp.int32(s)))  # eager == jit
-    assert traces == 1
+    with oracle.compilations() as compiled:
+        for s in range(10):
+            drop = min(s, 8) / 16
+            np.testing.assert_array_equal(f(jnp.int32(s)), np.float32([1 - drop / 4, 1 - drop]))
+            np.testing.assert_array_equal(layer_schedule(s), f(jnp.int32(s)))  # eager == jit
+    assert compiled == []
 
 
 def test_drop_rate_schedule():
@@ -185,12 +183,9 @@ def test_linen_schedule_one_trace():
     params = model.init(jax.random.key(0), x, layer_schedule(0), True)["params"]
     tx = optax.sgd(0.1)
     opt_state = tx.init(params)
-    traces = 0
 
     @jax.jit
     def train_step(params, opt_state, step, key):
-        nonlocal traces
-        traces += 1
         keep_probs = layer_schedule(step)
 
         def loss_fn(params):
@@ -202,11 +197,13 @@ def test_linen_schedule_one_trace():
         diff = jnp.max(jnp.abs(logits - model.apply({"params": params}, x, keep_probs, True)))
         return optax.apply_updates(params, updates), opt_state, diff
 
-    diffs = []
-    for step in range(STEPS):
-        params, opt_state, diff = train_step(params, opt_state, step, jax.random.key(step))
-        diffs.append(float(diff))
-    assert traces == 1
+    params, opt_state, diff = train_step(params, opt_state, 0, jax.random.key(0))
+    diffs = [float(diff)]
+    with oracle.compilations() as compiled:
+        for step in range(1, STEPS):
+            params, opt_state, diff = train_step(params, opt_state, step, jax.random.key(step))
+            diffs.append(float(diff))
+    assert compiled == []
     check_run(diffs)
 
 
@@ -216,12 +213,9 @@ def test_nnx_schedule_one_trace():
     optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
     layer_schedule = jaxdrop.layer_keep_probs(SCHEDULE, len(names), rule="linear")
     x, y = data()
-    traces = 0
 
     @nnx.jit
     def train_step(model, optimizer, step):
-        nonlocal traces
-        traces += 1
         keep_probs = layer_schedule(step)
 
         # Call-time `deterministic=True` wins over the modules' training mode.
@@ -236,8 +230,10 @@ def test_nnx_schedule_one_trace():
         return jnp.max(jnp.abs(logits - eval_logits))
 
     counts = jax.tree.leaves(nnx.state(model, nnx.RngCount))
-    diffs = [float(train_step(model, optimizer, step)) for step in range(STEPS)]
-    assert traces == 1
+    diffs = [float(train_step(model, optimizer, 0))]
+    with oracle.compilations() as compiled:
+        diffs += [float(train_step(model, optimizer, step)) for step in range(1, STEPS)]
+    assert compiled == []
     check_run(diffs)
     # Each module's stream advanced once per step, as flax.nnx.Dropout's does.
     after = jax.tree.leaves(nnx.state(model, nnx.RngCount))

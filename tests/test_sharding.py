@@ -1,8 +1,6 @@
 """Sharded data-parallel use: every jaxdrop function on 8 devices, under jit and shard_map.
 
-The rest of the suite runs on one device, so :func:`test_on_8_devices` reruns this file in a
-subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (8 simulated CPU devices)
-and reports its failures; the other tests are skipped in the single-device process.
+``tests/conftest.py`` gives the CPU backend 16 simulated devices; the meshes use the first 8.
 
 For every function, on a batch-sharded ``x`` inside ``jax.jit`` (a 1-D ``("batch",)`` mesh, and
 a 2-D ``("batch", "model")`` mesh with channels over ``"model"``):
@@ -20,12 +18,8 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import json
-import os
 import pathlib
 import re
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -33,30 +27,15 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+from oracle import collectives
 
 import jaxdrop
 
 DEVICES = 8
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 multi_device = pytest.mark.skipif(
-    jax.device_count() < DEVICES, reason="runs in the 8-device subprocess of test_on_8_devices"
+    jax.device_count() < DEVICES, reason="needs 8 devices (tests/conftest.py sets 16 CPU devices)"
 )
-
-
-def test_on_8_devices():
-    if jax.device_count() >= DEVICES:
-        pytest.skip("this process already has 8 devices: the tests below run here")
-    env = dict(os.environ)
-    flags = env.get("XLA_FLAGS", "")
-    env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={DEVICES}".strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    command = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider"]
-    result = subprocess.run(
-        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
-    )
-    report = result.stdout[-20000:] + result.stderr[-5000:]
-    assert result.returncode == 0, report
-    assert re.search(r"\d+ passed", result.stdout), report
 
 
 PER_DEVICE_DEVICES = 16
@@ -92,29 +71,9 @@ def test_per_device_draws_do_not_depend_on_the_device_count():
     # The sampler draws per row (example), and the partitioner splits the rows with the batch:
     # a device draws the same random arrays whether it is one of 1 or of 16 devices. (The 0.1
     # sampler drew the whole global gap list on every device.)
-    if jax.device_count() >= DEVICES:
-        pytest.skip("checked from the single-device process")
-    env = dict(os.environ)
-    flags = env.get("XLA_FLAGS", "")
-    env["XLA_FLAGS"] = (
-        f"{flags} --xla_force_host_platform_device_count={PER_DEVICE_DEVICES}".strip()
-    )
-    env["JAX_PLATFORMS"] = "cpu"
-    script = (
-        "import json, sys; sys.path.insert(0, 'tests'); import test_sharding; "
-        f"print(json.dumps(test_sharding.random_array_shapes({PER_DEVICE_DEVICES})))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-5000:]
-    many = json.loads(result.stdout.strip().splitlines()[-1])
+    if jax.device_count() < PER_DEVICE_DEVICES:
+        pytest.skip(f"needs {PER_DEVICE_DEVICES} devices (tests/conftest.py sets 16 CPU devices)")
+    many = random_array_shapes(PER_DEVICE_DEVICES)
     one = random_array_shapes(1)
     assert many == one
     local_seed_grid = f"u32[{PER_DEVICE_EXAMPLES},22,22,512]"
@@ -126,18 +85,8 @@ def test_per_device_draws_do_not_depend_on_the_device_count():
 
 
 # ---------------------------------------------------------------------------------------------
-# Helpers (also used in the subprocess)
+# Helpers
 # ---------------------------------------------------------------------------------------------
-
-_COLLECTIVE = re.compile(
-    r"=\s*(\(.*?\)|\S+)\s+(all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter|"
-    r"collective-broadcast|ragged-all-to-all)(?:-start)?\("
-)
-
-
-def collectives(compiled: str) -> list[tuple[str, str]]:
-    """``(op, result type)`` of every cross-device collective in compiled HLO text."""
-    return [(m.group(2), m.group(1)) for m in _COLLECTIVE.finditer(compiled)]
 
 
 def is_scalar(hlo_type: str) -> bool:
