@@ -12,11 +12,6 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_num_cpu_devices", 16)
 
 
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers", "slow: a test on 40 M elements or more (deselect: -m 'not slow')"
-    )
-
 # Tests marked `slow` here, so that the quick loop `pytest -n 2 -m "not slow and not bigmem" tests`
 # stays short; CI runs them all. Chosen from `--durations=25` of one full run (on 2 cores shared
 # with other work, load average about 18, so the absolute times were inflated several-fold; the
