@@ -154,7 +154,7 @@ def first_from(*values: Any, error_msg: str) -> Any:
     raise ValueError(error_msg)
 
 
-def module_keep_prob(module: object, call_value: object) -> Any:
+def module_keep_prob(module: object, call_value: object) -> float | jax.Array:
     """A module's ``keep_prob``: the call-time value if given, else the module's attribute."""
     name = type(module).__name__
     return first_from(

@@ -154,7 +154,7 @@ class DropBlock(eqx.Module):
         keep_prob: float | jax.Array | None = None,
     ) -> jax.Array:
         """Applies DropBlock unless in inference mode; ``keep_prob`` overrides the field."""
-        keep_prob = self.keep_prob if keep_prob is None else keep_prob
+        keep_prob = checks.module_keep_prob(self, keep_prob)
         key = training_key(self, key, inference, keep_prob)
         if key is None:
             return x
@@ -208,7 +208,7 @@ class Dropout(eqx.Module):
         keep_prob: float | jax.Array | None = None,
     ) -> jax.Array:
         """Applies dropout unless in inference mode; ``keep_prob`` overrides the field."""
-        keep_prob = self.keep_prob if keep_prob is None else keep_prob
+        keep_prob = checks.module_keep_prob(self, keep_prob)
         key = training_key(self, key, inference, keep_prob)
         if key is None:
             return x
@@ -251,7 +251,7 @@ class SpatialDropout(eqx.Module):
         keep_prob: float | jax.Array | None = None,
     ) -> jax.Array:
         """Applies SpatialDropout unless in inference mode; ``keep_prob`` overrides the field."""
-        keep_prob = self.keep_prob if keep_prob is None else keep_prob
+        keep_prob = checks.module_keep_prob(self, keep_prob)
         key = training_key(self, key, inference, keep_prob)
         if key is None:
             return x
@@ -304,7 +304,7 @@ class DropPath(eqx.Module):
         keep_prob: float | jax.Array | None = None,
     ) -> jax.Array:
         """Applies DropPath unless in inference mode; ``keep_prob`` overrides the field."""
-        keep_prob = self.keep_prob if keep_prob is None else keep_prob
+        keep_prob = checks.module_keep_prob(self, keep_prob)
         key = training_key(self, key, inference, keep_prob)
         if key is None:
             return x
@@ -428,7 +428,7 @@ class DropConnect(eqx.Module):
         **kwargs: Any,
     ) -> Any:
         """Runs ``layer`` with dropped connections unless in inference mode."""
-        keep_prob = self.keep_prob if keep_prob is None else keep_prob
+        keep_prob = checks.module_keep_prob(self, keep_prob)
         key = training_key(self, key, inference, keep_prob)
         if key is None:
             return self.layer(*args, **kwargs)
