@@ -10,8 +10,11 @@ wheel in CI), so this needs neither Equinox nor Sphinx installed.
 import ast
 import importlib.util
 import re
+import sys
+import types
 from pathlib import Path
 
+import jax
 import pytest
 
 API = Path(__file__).resolve().parent.parent / "docs" / "api"
@@ -100,3 +103,89 @@ def test_parser_sees_a_missing_name():
     without = autosummary_entries(text.replace("   dropblock\n", ""))
     assert "dropblock" not in without["jaxdrop"]
     assert "dropout" in without["jaxdrop"]
+
+
+# --- The code of the README and of the guides runs ---------------------------------------------
+#
+# `{doctest}` blocks of docs/ are run by Sphinx's doctest builder (.ci/run). Plain ```python blocks
+# of README.md and docs/guide/*.md are run here, each page's blocks in order in one namespace (a
+# block may use what an earlier block of its page defined), from an empty working directory. A
+# block that cannot run here (several processes, a real cluster) starts with the ILLUSTRATIVE
+# marker, which the reader sees too; there should be very few.
+
+ROOT = API.parent.parent
+README = ROOT / "README.md"
+GUIDE = ROOT / "docs" / "guide"
+ILLUSTRATIVE = "# Illustrative only (not run):"
+# Every fenced block has one of these languages, so that Python code cannot hide from the run
+# below under another tag (```py, ```python3, an untagged fence).
+LANGUAGES = {"python", "bash", "bibtex", "{doctest}", "{figure}", "{toctree}", "{include}"}
+FENCE = re.compile(
+    r"^```(?P<language>\S*)[^\n]*\n(?P<code>.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL
+)
+
+
+def fenced_blocks(page: Path) -> list[tuple[str, int, str]]:
+    """``(language, line of the opening fence, code)`` of every fenced block of a Markdown page."""
+    text = page.read_text()
+    return [
+        (m["language"], text.count("\n", 0, m.start()) + 1, m["code"]) for m in FENCE.finditer(text)
+    ]
+
+
+def pages_with_code() -> list[Path]:
+    pages = [README] if README.exists() else []
+    return pages + (sorted(GUIDE.glob("*.md")) if GUIDE.is_dir() else [])
+
+
+# Each page's blocks compile models: 20 to 40 s per page on 2 shared cores.
+@pytest.mark.slow
+@pytest.mark.parametrize("page", pages_with_code(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_python_blocks_run(page, tmp_path, monkeypatch):
+    blocks = [(line, code) for language, line, code in fenced_blocks(page) if language == "python"]
+    run = [(line, code) for line, code in blocks if not code.startswith(ILLUSTRATIVE)]
+    # A page's blocks run as one module, registered so that dataclasses (Flax, Equinox) find it.
+    module = types.ModuleType(f"docs_{page.stem}")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.chdir(tmp_path)
+    # Readers run this code with JAX's default promotion rules, not the suite's strict ones (under
+    # which optax's Adam, for one, does not trace).
+    with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
+        for line, code in run:
+            name = f"{page.relative_to(ROOT)}, block at line {line}"
+            exec(compile(code, name, "exec"), vars(module))
+
+
+def test_blocks_have_known_languages():
+    for page in [*pages_with_code(), *sorted((ROOT / "docs").glob("*.md"))]:
+        for language, line, _ in fenced_blocks(page):
+            assert language in LANGUAGES, f"{page.name}:{line}: a ```{language} block"
+
+
+def test_few_blocks_are_illustrative():
+    illustrative = [
+        f"{page.name}:{line}"
+        for page in pages_with_code()
+        for language, line, code in fenced_blocks(page)
+        if language == "python" and code.startswith(ILLUSTRATIVE)
+    ]
+    # Each needs several processes or a real cluster; raise this only with such a reason.
+    assert len(illustrative) <= 2, illustrative
+    assert not [
+        page.name
+        for page in pages_with_code()
+        for language, _, code in fenced_blocks(page)
+        if language == "python" and ILLUSTRATIVE in code and not code.startswith(ILLUSTRATIVE)
+    ], "the marker goes on a block's first line"
+
+
+def test_the_fence_parser_sees_every_block(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(
+        "text\n```python\na = 1\n```\n\n```{doctest}\n>>> 1\n1\n```\n```bash\nls\n```\n"
+    )
+    assert fenced_blocks(page) == [
+        ("python", 2, "a = 1\n"),
+        ("{doctest}", 6, ">>> 1\n1\n"),
+        ("bash", 10, "ls\n"),
+    ]
