@@ -1,21 +1,29 @@
-"""Every public name has an API page: parse the docs sources (no Sphinx build, so this is fast).
+"""The docs and the README say what the code does, and their code runs.
 
-A name in ``__all__`` of ``jaxdrop``, ``jaxdrop.linen``, ``jaxdrop.nnx`` or ``jaxdrop.equinox``
-must appear in the ``autosummary`` of ``docs/api/<module>.rst`` under ``.. currentmodule::
-<module>``; every entry there must be a public name (no stale pages). ``__all__`` is read with
-``ast`` from the sources of the jaxdrop that Python would import (the checkout, or the installed
-wheel in CI), so this needs neither Equinox nor Sphinx installed.
+- Every public name has an API page: ``__all__`` of ``jaxdrop``, ``jaxdrop.linen``,
+  ``jaxdrop.nnx`` and ``jaxdrop.equinox`` (read with ``ast`` from the sources of the jaxdrop that
+  Python would import: the checkout, or the installed wheel in CI) must appear in the
+  ``autosummary`` of ``docs/api/<module>.rst`` under ``.. currentmodule:: <module>``, and every
+  entry there must be a public name (no stale pages). These parse the sources: no Sphinx build.
+- Every ``python`` block of README.md and docs/guide/*.md runs; the drop-rate table of the
+  DropBlock guide is the library's; the README's test command is CI's; no public docstring
+  mentions ``jaxdrop._src``; every method is in the family tables.
 """
 
 import ast
+import importlib
 import importlib.util
+import inspect
 import re
 import sys
 import types
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
+
+import jaxdrop
 
 API = Path(__file__).resolve().parent.parent / "docs" / "api"
 MODULES = ("jaxdrop", "jaxdrop.linen", "jaxdrop.nnx", "jaxdrop.equinox")
@@ -189,3 +197,108 @@ def test_the_fence_parser_sees_every_block(tmp_path):
         ("{doctest}", 6, ">>> 1\n1\n"),
         ("bash", 10, "ls\n"),
     ]
+
+
+# --- The drop-rate table of docs/guide/dropblock.md is the library's ---------------------------
+
+
+def drop_rate_script():
+    path = GUIDE / "drop_rate_table.py"
+    spec = importlib.util.spec_from_file_location("drop_rate_table", path)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+@pytest.mark.slow  # 72 eager calibrations: about 25 s on 2 shared cores
+def test_drop_rate_table_is_the_librarys():
+    # The page holds exactly what the script computes from the library's gamma now; after a
+    # change to the gamma code, `python docs/guide/drop_rate_table.py --write` updates it.
+    script = drop_rate_script()
+    assert script.page_table(script.PAGE.read_text()) == script.markdown()
+
+
+@pytest.mark.parametrize("calibrate", [False, True])
+def test_sampled_masks_agree_with_the_drop_rate_table(calibrate):
+    # One column of the page, measured: 28 x 28 maps, block 7, keep_prob 0.5, where the paper's
+    # gamma is furthest from keep_prob. Maps are independent (each has its own seeds), so the
+    # mean kept fraction over N maps has standard error std(per-map fractions) / sqrt(N); 5 of
+    # them (a two-sided 6e-7 chance for a fixed key) bound the difference.
+    script = drop_rate_script()
+    rows = script.page_table(script.PAGE.read_text()).splitlines()
+    header = [c.strip() for c in rows[0].strip("|").split("|")]
+    label = "any of the above, `calibrate=True`" if calibrate else "28 x 28, 7"
+    (row,) = [r for r in rows if r.startswith(f"| {label} |")]
+    expected = float(row.strip("|").split("|")[header.index("0.5")])
+    x = jax.numpy.ones((2048, 28, 28, 1))
+    y = jaxdrop.dropblock(jax.random.key(3), x, 0.5, 7, normalize="none", calibrate=calibrate)
+    per_map = np.asarray(y != 0).mean(axis=(1, 2, 3))
+    stderr = per_map.std() / np.sqrt(per_map.size)
+    assert abs(per_map.mean() - expected) < 5 * stderr, (per_map.mean(), expected, stderr)
+
+
+# --- The README's test command is CI's ---------------------------------------------------------
+
+
+def test_readme_runs_the_tests_as_ci_does():
+    ci = ROOT / ".ci" / "run"
+    if not (ci.exists() and README.exists()):
+        pytest.skip("needs .ci/run and README.md")
+    lines = ci.read_text().splitlines()
+    marker = lines.index("    # The README's test command:")
+    command = lines[marker + 1].strip().removesuffix(' "$@"')
+    assert command.startswith("python -m pytest ")
+    readme = [
+        line.split("&&")[-1].strip()
+        for language, _, code in fenced_blocks(README)
+        if language == "bash"
+        for line in code.splitlines()
+    ]
+    assert command in readme, f"the README's test command is not .ci/run's `{command}`"
+
+
+# --- Public docstrings teach the public API ------------------------------------------------------
+
+
+def public_objects():
+    import jaxdrop.equinox  # noqa: F401  (a submodule: jaxdrop does not import it)
+
+    for module_name in present_modules():
+        module = importlib.import_module(module_name)
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if inspect.ismodule(obj):
+                continue
+            yield f"{module_name}.{name}", obj
+            for attribute, member in vars(obj).items() if inspect.isclass(obj) else ():
+                if callable(member) and (attribute == "__call__" or not attribute.startswith("_")):
+                    yield f"{module_name}.{name}.{attribute}", member
+
+
+def test_no_public_docstring_uses_private_code():
+    offenders = [name for name, obj in public_objects() if "_src" in (inspect.getdoc(obj) or "")]
+    assert not offenders, f"these docstrings mention jaxdrop._src: {offenders}"
+
+
+# --- The family is on the landing page and on the family page ----------------------------------
+
+
+def family_functions() -> list[str]:
+    """Public functions that take a key and drop something (not the key check or the figure)."""
+    return [
+        name
+        for name in jaxdrop.__all__
+        if inspect.isfunction(fn := getattr(jaxdrop, name))
+        and list(inspect.signature(fn).parameters)[:1] == ["rng"]
+        and name not in ("check_same_key", "plot_masks")
+    ]
+
+
+@pytest.mark.parametrize("page", [README, GUIDE / "family.md"], ids=lambda p: p.name)
+def test_every_method_is_in_the_family_table(page):
+    if not page.exists():
+        pytest.skip(f"{page.name} is not here")
+    rows = [line for line in page.read_text().splitlines() if line.startswith("| `")]
+    for name in family_functions():
+        assert any(row.startswith(f"| `{name}` / `") for row in rows), f"{page.name}: {name}"
