@@ -10,6 +10,7 @@
 
 import dataclasses
 import inspect
+import pathlib
 
 import pytest
 
@@ -53,6 +54,35 @@ def test_public_api():
     for module in (jaxdrop, jaxdrop.linen, jaxdrop.nnx, jaxdrop.equinox):
         for name in module.__all__:
             assert hasattr(module, name), name
+
+
+# Modules of jaxdrop/_src that are not a method of their own name (each method lives in
+# `_src/<name>.py` and is exported as `jaxdrop.<name>`), with what they hold.
+INFRASTRUCTURE = {
+    "checks": "argument checks and canonicalisation",
+    "masking": "apply_mask: the shared scale and masking",
+    "sampling": "the Bernoulli seed samplers",
+    "linen": "the linen modules (jaxdrop.linen)",
+    "nnx": "the NNX modules (jaxdrop.nnx)",
+    "equinox_modules": "the Equinox modules (jaxdrop.equinox)",
+    "schedules": "layer_keep_probs",
+    "plotting": "plot_masks",
+    "multihost": "check_same_key",
+}
+
+
+def test_every_method_file_is_exported():
+    """A new `_src/<name>.py` fails here until `jaxdrop/__init__.py` re-exports `<name>`."""
+    source = pathlib.Path(jaxdrop.__file__).parent / "_src"
+    stems = {p.stem for p in source.glob("*.py")} - {"__init__"}
+    assert set(INFRASTRUCTURE) <= stems, sorted(set(INFRASTRUCTURE) - stems)
+    missing = sorted(stems - set(INFRASTRUCTURE) - set(jaxdrop.__all__))
+    assert not missing, f"re-export these in jaxdrop/__init__.py (or list them here): {missing}"
+
+
+def test_the_family_table_lists_every_method():
+    """A method exported but missing from FAMILY (and so from MODULES) fails here."""
+    assert set(KEYED) - set(FAMILY) == {"check_same_key", "plot_masks"}
 
 
 @pytest.mark.parametrize("name", FUNCTIONS)
