@@ -28,7 +28,7 @@ import harness
 
 PARTS = ("matrix", "vmap", "compile", "devices", "pieces", "peers")
 SHAPES = "16x56x56x256,16x28x28x512,16x14x14x1024,16x7x7x2048"
-# --quick: the two default-allocator target shapes, each with its own block.
+# --quick: the two default-allocator headline shapes, each with its own block.
 QUICK_MATRIX = {(16, 28, 28, 512): [7], (16, 56, 56, 256): [3]}
 
 
@@ -42,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="small sizes to check the script: the two target shapes in float32, 5 repeats, a "
+        help="small sizes to check the script: the two headline shapes in float32, 5 repeats, a "
         "ResNet with stages [1, 1, 1, 1] compiled once, 1 and 2 devices",
     )
     parser.add_argument("--shapes", default=SHAPES, help="matrix: comma-separated NHWC shapes")

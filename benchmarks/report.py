@@ -40,7 +40,7 @@ class Results:
 
 @dataclass
 class Target:
-    source: str
+    area: str  # what the check measures, e.g. "vmap cost"
     text: str
     value: float
     bound: float | None  # None: shown, with no timed bound (a test checks it).
@@ -64,7 +64,7 @@ class Target:
 
     def line(self) -> str:
         return (
-            f"{self.verdict:12s} {self.source}: {self.text}: measured {self.measured} "
+            f"{self.verdict:12s} {self.area}: {self.text}: measured {self.measured} "
             f"(bound {self.bound_text})"
         )
 
@@ -99,7 +99,7 @@ def allocator_targets(r: Results, index: Index) -> list[Target]:
                 )
                 out.append(
                     Target(
-                        "issue 9, target 4",
+                        "speed, default allocator",
                         f"default allocator, {label} {mode} at {harness.shape_name(shape)} "
                         f"float32, block {block}, over its floor",
                         value,
@@ -118,7 +118,7 @@ def vmap_targets(r: Results) -> list[Target]:
         v = ms.get(vmapped.vmapped_name(normalize), math.nan)
         out.append(
             Target(
-                "issue 9, target 1",
+                "vmap cost",
                 f'vmap over per-example keys, `normalize="{normalize}"`, over the batched call',
                 harness.ratio(v, ms.get(vmapped.batched_name(normalize), math.nan)),
                 1.3,
@@ -126,7 +126,7 @@ def vmap_targets(r: Results) -> list[Target]:
         )
         out.append(
             Target(
-                "issue 9, target 1",
+                "vmap cost",
                 f'vmap over per-example keys, `normalize="{normalize}"`, over flax Dropout '
                 "vmapped the same way",
                 harness.ratio(v, ms.get(vmapped.FLAX_VMAPPED, math.nan)),
@@ -149,7 +149,7 @@ def compile_targets(r: Results) -> list[Target]:
             continue
         out.append(
             Target(
-                "issue 9, target 2",
+                "compile time",
                 f"compile-time overhead of {name} over no regulariser, as a multiple of flax "
                 "Dropout's",
                 harness.ratio(total[name] - none, flax_overhead),
@@ -182,7 +182,7 @@ def devices_targets(r: Results) -> list[Target]:
         )
         out.append(
             Target(
-                "issue 9, target 5",
+                "device scaling",
                 f"{name}: time per example at {high} devices over {low}, divided by the same "
                 "growth of the floor",
                 harness.ratio(growth, floor_growth),
@@ -205,25 +205,25 @@ def release_targets(r: Results, index: Index) -> list[Target]:
     where = f"at {harness.shape_name(shape)} {dtype}, block {block}"
     out = [
         Target(
-            "0.1, issue 3",
+            "speed bounds of 0.1",
             f"per-channel forward over the floor {where}",
             rel(per, "fwd", matrix.FLOOR),
             3.0,
         ),
         Target(
-            "0.1, issue 3",
+            "speed bounds of 0.1",
             f"per-channel forward over flax Dropout {where}",
             rel(per, "fwd", flax),
             0.15,
         ),
         Target(
-            "0.1, issue 3",
+            "speed bounds of 0.1",
             f"per-channel forward+backward over the floor {where}",
             rel(per, "fwd+bwd", matrix.FLOOR),
             3.0,
         ),
         Target(
-            "0.1, issue 3",
+            "speed bounds of 0.1",
             f"one mask for all channels, forward over the floor {where}",
             rel(shared, "fwd", matrix.FLOOR),
             1.5,
@@ -239,7 +239,7 @@ def release_targets(r: Results, index: Index) -> list[Target]:
             worst_name = f"{name} [{mode}] at {harness.shape_name(shape_)} {dtype_}"
     out.append(
         Target(
-            "0.1, issue 3",
+            "speed bounds of 0.1",
             f"slowest jaxdrop row over flax Dropout ({worst_name or 'none'})",
             worst,
             1.0,
@@ -628,8 +628,8 @@ def write(r: Results, out: str, tuned_column: bool) -> list[Target]:
         "## Targets, checked on this run's medians",
         "",
         *harness.table(
-            ["", "source", "target", "measured", "bound"],
-            [[t.verdict, t.source, t.text, t.measured, t.bound_text] for t in targets],
+            ["", "area", "target", "measured", "bound"],
+            [[t.verdict, t.area, t.text, t.measured, t.bound_text] for t in targets],
         ),
     ]
     if index.get(*HEADLINE[:2], matrix.FLOOR, "fwd") is not None:

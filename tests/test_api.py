@@ -10,6 +10,7 @@
 
 import dataclasses
 import inspect
+import pathlib
 
 import pytest
 
@@ -53,6 +54,35 @@ def test_public_api():
     for module in (jaxdrop, jaxdrop.linen, jaxdrop.nnx, jaxdrop.equinox):
         for name in module.__all__:
             assert hasattr(module, name), name
+
+
+# Modules of jaxdrop/_src that are not a method of their own name (each method lives in
+# `_src/<name>.py` and is exported as `jaxdrop.<name>`), with what they hold.
+INFRASTRUCTURE = {
+    "checks": "argument checks and canonicalisation",
+    "masking": "apply_mask: the shared scale and masking",
+    "sampling": "the Bernoulli seed samplers",
+    "linen": "the linen modules (jaxdrop.linen)",
+    "nnx": "the NNX modules (jaxdrop.nnx)",
+    "equinox_modules": "the Equinox modules (jaxdrop.equinox)",
+    "schedules": "layer_keep_probs",
+    "plotting": "plot_masks",
+    "multihost": "check_same_key",
+}
+
+
+def test_every_method_file_is_exported():
+    """A new `_src/<name>.py` fails here until `jaxdrop/__init__.py` re-exports `<name>`."""
+    source = pathlib.Path(jaxdrop.__file__).parent / "_src"
+    stems = {p.stem for p in source.glob("*.py")} - {"__init__"}
+    assert set(INFRASTRUCTURE) <= stems, sorted(set(INFRASTRUCTURE) - stems)
+    missing = sorted(stems - set(INFRASTRUCTURE) - set(jaxdrop.__all__))
+    assert not missing, f"re-export these in jaxdrop/__init__.py (or list them here): {missing}"
+
+
+def test_the_family_table_lists_every_method():
+    """A method exported but missing from FAMILY (and so from MODULES) fails here."""
+    assert set(KEYED) - set(FAMILY) == {"check_same_key", "plot_masks"}
 
 
 @pytest.mark.parametrize("name", FUNCTIONS)
@@ -167,3 +197,31 @@ def test_call_time_overrides(name):
         if has_keep_prob:
             assert call["keep_prob"].kind == P.KEYWORD_ONLY
         assert call["deterministic"].default is None
+
+
+def test_per_method_tables_cover_every_method():
+    """The per-method tables of the property and sharding tests list every method.
+
+    Each is a hand-written table (a method needs its own arguments there), so a new method fails
+    here until it has its rows. The lowering test's table (tests/test_lowering.py) and the
+    forwarding table (tests/test_forwarding.py, which checks itself) are the other two.
+    """
+    import test_properties
+    import test_sharding
+
+    def names(table):
+        return {name.split("-")[0] for name in table}
+
+    takes_x = {
+        name
+        for name in FAMILY
+        if list(inspect.signature(getattr(jaxdrop, name)).parameters)[1] == "x"
+    }
+    with_keep_prob = {
+        name
+        for name in FAMILY
+        if "keep_prob" in inspect.signature(getattr(jaxdrop, name)).parameters
+    }
+    assert takes_x <= names(test_properties.ALL_CASES), takes_x - names(test_properties.ALL_CASES)
+    assert with_keep_prob <= names(test_properties.KEEP_PROB_METHODS)
+    assert takes_x <= names(test_sharding.METHODS), takes_x - names(test_sharding.METHODS)

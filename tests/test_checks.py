@@ -5,6 +5,7 @@ The checks are tested here once, as tables; the per-function test files keep one
 keep_probs over many shapes.
 """
 
+import inspect
 from decimal import Decimal
 from fractions import Fraction
 
@@ -101,6 +102,17 @@ def test_every_function_checks_the_key_first(name, bad):
         KEY_FIRST[name](make())
 
 
+def test_key_first_covers_every_function_that_takes_a_key():
+    keyed = {
+        name
+        for name in jaxdrop.__all__
+        if inspect.isfunction(fn := getattr(jaxdrop, name))
+        and list(inspect.signature(fn).parameters)[:1] == ["rng"]
+    }
+    # check_same_key is the key check itself, tested in test_multihost.py.
+    assert keyed - {"check_same_key"} <= {name.split("-")[0] for name in KEY_FIRST}
+
+
 LINEN_MODULES = {
     "DropBlock": jaxdrop.linen.DropBlock(1.0, 3),
     "Dropout": jaxdrop.linen.Dropout(1.0),
@@ -162,6 +174,17 @@ KEEP_PROB_FUNCTIONS = {
     "dropconnect": lambda p: jaxdrop.dropconnect(jax.random.key(0), {"w": X}, p),
     "layer_keep_probs": lambda p: jaxdrop.layer_keep_probs(p, 2),
 }
+
+
+def test_keep_prob_table_covers_every_function_with_a_keep_prob():
+    with_keep_prob = {
+        name
+        for name in jaxdrop.__all__
+        if inspect.isfunction(fn := getattr(jaxdrop, name))
+        and (param := inspect.signature(fn).parameters.get("keep_prob")) is not None
+        and param.default is inspect.Parameter.empty  # plot_masks' option goes to dropblock
+    }
+    assert with_keep_prob <= set(KEEP_PROB_FUNCTIONS), with_keep_prob - set(KEEP_PROB_FUNCTIONS)
 
 
 @pytest.mark.parametrize("name", list(KEEP_PROB_FUNCTIONS))
