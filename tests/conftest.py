@@ -54,7 +54,7 @@ SLOW = {
     "test_sampling.py::test_sub_rows_are_independent_and_cover_the_row",
     "test_properties.py::test_reused_key_gives_the_same_mask[dropblock-expected]",
     "test_modules.py::test_nnx_in_jitted_grad_step",
-    "test_sampling.py::test_sampler_primitive_is_the_same_eager_jitted_and_batched",
+    "test_sampling.py::test_sampler_is_the_same_eager_jitted_and_batched",
     "test_family.py::test_zeros_at_zero_with_finite_gradient[dropout]",
     "test_properties.py::test_transformations[dropblock]",
     "test_dropblock.py::test_vmap_matches_per_example_loop_with_the_sparse_sampler",

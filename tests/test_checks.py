@@ -216,12 +216,14 @@ def test_check_keep_prob_rejects_types_and_shapes(value, error, match):
 
 
 def test_check_keep_prob_canonical_forms():
-    # Host numbers (Fraction included) become Python floats; JAX arrays are kept as they are.
+    # Concrete values (Fraction and JAX arrays outside a trace included) become Python floats,
+    # so that a concrete JAX scalar is handled like the Python number (same sampler, no dtype).
     for value in (0.5, np.float32(0.5), np.asarray(0.5), Fraction(1, 2), 1, np.int32(0)):
         out = checks.check_keep_prob(value)
         assert type(out) is float and out == float(value)
-    device = jnp.float32(0.5)
-    assert checks.check_keep_prob(device) is device
+    for device in (jnp.float32(0.5), jnp.bfloat16(0.5), jnp.asarray(1, jnp.int32)):
+        out = checks.check_keep_prob(device)
+        assert type(out) is float and out == float(device)
     # The name of the argument is the caller's.
     with pytest.raises(ValueError, match="`drop_rate`"):
         checks.check_keep_prob(2.0, "drop_rate")

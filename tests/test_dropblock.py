@@ -246,10 +246,11 @@ def test_traced_keep_prob_below_min_keep_prob_is_clipped_up(key):
     f = jax.jit(lambda p: jaxdrop.dropblock(key, x, p, 5, normalize="expected", min_keep_prob=0.8))
     at_min = np.asarray(f(jnp.float32(0.8)))
     assert 0 < (at_min == 0).mean() < 0.3
-    # Below the bound, and NaN (which counts as 0), give exactly the output at the bound,
-    # scale included.
-    for below in (0.3, 0.0, float("nan")):
+    # Below the bound (negative included) gives exactly the output at the bound, scale
+    # included; NaN (a broken schedule) gives zeros, as without a bound.
+    for below in (0.3, 0.0, -2.0):
         np.testing.assert_array_equal(np.asarray(f(jnp.float32(below))), at_min)
+    np.testing.assert_array_equal(np.asarray(f(jnp.float32("nan"))), np.zeros_like(x))
     np.testing.assert_array_equal(np.asarray(f(jnp.float32(1.0))), x)
     # Above the bound nothing is clipped: the expected scale is 1 / keep_prob.
     kept = np.asarray(f(jnp.float32(0.9)))
@@ -277,9 +278,9 @@ def test_bad_min_keep_prob(key, min_keep_prob, keep_prob, error, match):
 
 
 def test_sparse_sampler_reuses_no_key():
-    # Forward and gradient on the sparse path (Python keep_prob, and traced with a bound):
-    # the sampler primitive consumes the key once, and the backward pass's redraw is the
-    # deliberate, cloned one.
+    # Forward and gradient on the sparse path (Python keep_prob, and traced with a bound): the
+    # platform case passes the key to both samplers, which the checker must see as one use,
+    # and the backward pass's redraw is the deliberate, cloned one.
     x = jnp.ones((2, 28, 28, 8))
     with jax.debug_key_reuse(True):
         for seed, p, bound in ((0, 0.9, None), (1, jnp.float32(0.9), 0.8)):

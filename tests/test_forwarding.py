@@ -38,9 +38,9 @@ def _bias_only(path, leaf):
 
 # function name: (required positional arguments after x, [every option, explicitly]).
 CALLS = {
-    # A keep_prob that is not a Python float, below min_keep_prob: clipped up to it.
+    # A keep_prob that is not a Python float (a concrete one is used as its Python value).
     "dropblock": (
-        (jnp.float32(0.5), (3, 2)),
+        (jnp.float32(0.7), (3, 2)),
         [
             dict(
                 spatial_dims=(1, 3),
@@ -101,7 +101,9 @@ def test_every_option_changes_the_output(key, name, row):
     fn = getattr(jaxdrop, name)
     y = fn(key, X, *args, **options)
     for option, value in options.items():
-        if value != defaults[option]:
+        # min_keep_prob changes nothing for a concrete keep_prob above it (the reproducibility
+        # contract): test_min_keep_prob_is_forwarded checks that modules pass it on.
+        if value != defaults[option] and option != "min_keep_prob":
             other = fn(key, X, *args, **(options | {option: defaults[option]}))
             assert not np.array_equal(y, other), option
 
@@ -126,6 +128,22 @@ def test_module_matches_its_function(key, framework, name, row):
             fn = jaxdrop.cutout
             want = fn(key, X[None], *args, **(options | dict(spatial_dims=spatial)))[0]
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("framework", ["linen", "nnx", "equinox"])
+def test_min_keep_prob_is_forwarded(key, framework):
+    # A concrete keep_prob below min_keep_prob raises, as in the function, only if the module
+    # passes min_keep_prob on.
+    args, options = (jnp.float32(0.5), (3, 2)), CALLS["dropblock"][1][0]
+    with pytest.raises(ValueError, match="`keep_prob` must be at least `min_keep_prob`"):
+        jaxdrop.dropblock(key, X, *args, **options)
+    with pytest.raises(ValueError, match="`keep_prob` must be at least `min_keep_prob`"):
+        if framework == "linen":
+            jaxdrop.linen.DropBlock(*args, **options).apply({}, X, deterministic=False, rng=key)
+        elif framework == "nnx":
+            jaxdrop.nnx.DropBlock(*args, **options)(X, rngs=key)
+        else:
+            jeqx.DropBlock(*args, **options)(X, key=key)
 
 
 def test_dropconnect_modules_forward_where(key):

@@ -1,13 +1,13 @@
 """No data-dependent control flow in what an accelerator would run (deterministic, no device).
 
-XLA:GPU runs every ``stablehlo.case`` / ``if`` / ``while`` by copying its predicate to the host
-and waiting for the device, and under ``vmap`` a batched predicate becomes a select that runs
-every branch. So ``jax.export(jax.jit(f), platforms=[...])`` of every family function, forward
-and forward+backward, must hold no ``case``, ``if`` or ``while`` at all for one accelerator
-platform. The sampler is chosen per platform by a primitive with one lowering per platform, so
-a single-platform lowering holds only that platform's sampler, with no ``case`` to pick it.
-CPU lowerings may hold ``while`` loops: JAX lowers threefry on CPU with a rolled loop (a static
-trip count, not data-dependent).
+XLA:GPU runs a ``stablehlo.case`` / ``if`` / ``while`` on a run-time value by copying its
+predicate to the host and waiting for the device, and under ``vmap`` a batched predicate becomes
+a select that runs every branch. A ``case`` on a constant index is different: it is what
+``jax.lax.platform_dependent`` (which picks DropBlock's sampler) emits, and XLA's conditional
+simplifier folds it away. So ``jax.export(jax.jit(f), platforms=[...])`` of every public
+function, forward and forward+backward, may hold ``case`` / ``if`` ops only on an index or
+predicate computed from constants, and no ``while`` at all; and the compiled CPU program holds
+no conditional.
 """
 
 from __future__ import annotations
@@ -19,15 +19,68 @@ import jax.numpy as jnp
 import pytest
 
 import jaxdrop
-from jaxdrop._src import sampling
+from jaxdrop._src import dropblock as dropblock_src
 
 X = jnp.ones((2, 28, 28, 8))  # A 26 x 26 x 8 seed grid per example at block 3: sparse on CPU.
 KEEP = jnp.float32(0.9)
 
+_DEF = re.compile(r"^\s*(%[\w]+)(?::\d+)?\s*=\s*(.*)$")
+_USE = re.compile(r"%[\w]+")
+_BRANCH = re.compile(r'"stablehlo\.(case|if)"\((%[\w]+)')
 
-def control_flow(module: str) -> dict[str, int]:
-    """Counts of the ``stablehlo`` control-flow ops in a lowered module."""
-    return {op: len(re.findall(rf"\bstablehlo\.{op}\b", module)) for op in ("case", "if", "while")}
+
+def _uses(text: str) -> set[str]:
+    """The SSA values an op reads (``%7#1`` is a result of ``%7``), locations left out."""
+    text = re.sub(r"loc\(.*$", "", text)
+    return {u.split("#")[0] for u in _USE.findall(text)}
+
+
+def data_dependent_control_flow(module: str) -> list[str]:
+    """The control-flow ops of a lowered module whose index or predicate depends on data.
+
+    A value is static when computed from constants only: a ``stablehlo.constant``, an op with
+    no region whose operands are all static, or a ``case`` / ``if`` on a static index whose
+    branches return static values (``platform_dependent`` nests two such cases). Every
+    ``while`` is reported (its predicate is recomputed each iteration). Block arguments and
+    function arguments are data.
+    """
+    found = []
+    static: set[str] = set()
+    depth = 0
+    frames: list[dict] = []  # Open case / if ops: their results, index, depth, branch returns.
+    for line in module.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("func.func"):
+            static = set()
+        opens = line.count("{") - line.count("}")
+        define = _DEF.match(line)
+        branch = _BRANCH.search(line)
+        if "stablehlo.while" in line:
+            found.append(stripped[:120])
+        if branch:
+            index_static = branch.group(2) in static
+            if not index_static:
+                found.append(stripped[:120])
+            frames.append(
+                {
+                    "result": define.group(1) if define else None,
+                    "static": index_static,
+                    "depth": depth,
+                }
+            )
+        elif stripped.startswith("stablehlo.return") and frames:
+            if depth == frames[-1]["depth"] + 1 and not _uses(stripped) <= static:
+                frames[-1]["static"] = False
+        elif define and opens == 0:
+            name, rhs = define.groups()
+            if "stablehlo.constant" in rhs or _uses(rhs) <= static:
+                static.add(name)
+        depth += opens
+        if frames and depth == frames[-1]["depth"] and not branch:
+            frame = frames.pop()
+            if frame["static"] and frame["result"]:
+                static.add(frame["result"])
+    return found
 
 
 def lowered(fn, args, platform: str) -> str:
@@ -45,71 +98,41 @@ def _dropblock(keep, calibrate, normalize):
     def fn(key, x, *keep_prob):
         p = keep_prob[0] if keep_prob else 0.9
         return jaxdrop.dropblock(
-            key,
-            x,
-            p,
-            3,
-            normalize=normalize,
-            calibrate=calibrate,
-            min_keep_prob=min_keep_prob,
+            key, x, p, 3, normalize=normalize, calibrate=calibrate, min_keep_prob=min_keep_prob
         )
 
     return fn, () if keep == "python" else (KEEP,)
 
 
+# The sparse-eligible bounds (a Python keep_prob, or a traced one with min_keep_prob), the
+# dense draw (traced, no bound), calibrate and both scales, in few cases.
 DROPBLOCK_CASES = [
-    (keep, calibrate, normalize)
-    for keep in ("python", "traced", "traced-min")
-    for calibrate in (False, True)
-    for normalize in ("actual", "expected")
+    ("python", False, "actual"),
+    ("python", True, "expected"),
+    ("traced", False, "actual"),
+    ("traced-min", False, "expected"),
+    ("traced-min", True, "actual"),
 ]
+
+
+def test_the_cases_are_sparse_on_cpu():
+    for keep in (0.9, 0.8):  # The Python keep_prob, then the bound.
+        cap = dropblock_src.seed_cap(X.shape, (1, 2), (3, 3), False, keep, None)
+        assert cap is not None
 
 
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
 @pytest.mark.parametrize(("keep", "calibrate", "normalize"), DROPBLOCK_CASES)
-def test_dropblock_has_no_control_flow_on_accelerators(platform, keep, calibrate, normalize):
+def test_dropblock_has_no_data_dependent_control_flow(platform, keep, calibrate, normalize):
     fn, extra = _dropblock(keep, calibrate, normalize)
     key = jax.random.key(0)
     forward = lowered(fn, (key, X, *extra), platform)
-    assert control_flow(forward) == {"case": 0, "if": 0, "while": 0}
-    # The accelerators use the dense draw: no scatter of seed positions.
+    assert data_dependent_control_flow(forward) == []
+    # The accelerators use the dense draw: the CPU branch (a scatter of seed positions) is not
+    # even in a single-platform lowering.
     assert "stablehlo.scatter" not in forward
     backward = lowered(forward_and_backward(fn), (X, key, *extra), platform)
-    assert control_flow(backward) == {"case": 0, "if": 0, "while": 0}
-
-
-def test_vmapped_dropblock_has_no_control_flow():
-    # One key per example, as in an Equinox model: nothing to turn into a select.
-    def fn(keys, x):
-        return jax.vmap(lambda k, x: jaxdrop.dropblock(k, x, 0.9, 3, normalize="expected"))(keys, x)
-
-    keys = jax.random.split(jax.random.key(0), 2)
-    for platform in ("cuda", "tpu"):
-        assert control_flow(lowered(fn, (keys, X), platform)) == {"case": 0, "if": 0, "while": 0}
-    assert control_flow(lowered(fn, (keys, X), "cpu"))["case"] == 0
-
-
-@pytest.mark.parametrize("keep", ["python", "traced-min"])
-def test_cpu_uses_the_sparse_sampler_with_no_conditional(keep):
-    fn, extra = _dropblock(keep, False, "actual")
-    key = jax.random.key(0)
-    module = lowered(fn, (key, X, *extra), "cpu")
-    assert "stablehlo.scatter" in module  # The sparse sampler, not the dense draw.
-    assert control_flow(module)["case"] == control_flow(module)["if"] == 0
-    compiled = jax.jit(fn).lower(key, X, *extra).compile().as_text()
-    assert "conditional(" not in compiled
-    assert sampling.sparse_plan((2, 26, 26, 8), 1, 0.25**3) is not None
-
-
-def test_a_lowering_for_several_platforms_holds_each_sampler():
-    # One module for CPU and CUDA: JAX picks the per-platform lowering with a case on the
-    # platform index (the caller's choice; a single-platform lowering has none).
-    fn, extra = _dropblock("python", False, "actual")
-    module = jax.export.export(jax.jit(fn), platforms=["cpu", "cuda"])(jax.random.key(0), X)
-    text = module.mlir_module()
-    assert "stablehlo.scatter" in text  # The CPU sampler is there ...
-    assert control_flow(text)["case"] > 0  # ... beside the dense one, behind the platform case.
-    assert module.platforms == ("cpu", "cuda")
+    assert data_dependent_control_flow(backward) == []
 
 
 FAMILY = {
@@ -124,16 +147,77 @@ FAMILY = {
 
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
 @pytest.mark.parametrize("name", FAMILY)
-def test_family_has_no_control_flow_on_accelerators(platform, name):
+def test_family_has_no_data_dependent_control_flow(platform, name):
     fn = FAMILY[name]
     key = jax.random.key(0)
     forward = lowered(fn, (key, X, KEEP), platform)
-    assert control_flow(forward) == {"case": 0, "if": 0, "while": 0}
+    assert data_dependent_control_flow(forward) == []
     backward = lowered(forward_and_backward(fn), (X, key, KEEP), platform)
-    assert control_flow(backward) == {"case": 0, "if": 0, "while": 0}
+    assert data_dependent_control_flow(backward) == []
 
 
-def test_the_check_sees_control_flow():
+def _vmapped(keys, x):
+    # One key per example, as in an Equinox model.
+    return jax.vmap(lambda k, x: jaxdrop.dropblock(k, x, 0.9, 3, normalize="expected"))(keys, x)
+
+
+def _jaxprs(jaxpr):
+    """``jaxpr`` and every jaxpr nested in its equations (jit, cond branches, custom rules)."""
+    yield jaxpr
+    for eqn in jaxpr.eqns:
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, tuple | list) else (value,):
+                sub = getattr(sub, "jaxpr", sub)  # A ClosedJaxpr's jaxpr.
+                if hasattr(sub, "eqns"):
+                    yield from _jaxprs(sub)
+
+
+def test_vmap_keeps_the_platform_case_on_an_unbatched_constant():
+    keys = jax.random.split(jax.random.key(0), 2)
+    conds = []
+    for jaxpr in _jaxprs(jax.make_jaxpr(_vmapped)(keys, X).jaxpr):
+        platform_indices = [
+            v for e in jaxpr.eqns if e.primitive.name == "platform_index" for v in e.outvars
+        ]
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "cond":
+                index = eqn.invars[0]
+                conds.append((any(index is v for v in platform_indices), index.aval.shape))
+    # One cond, the sampler's, on the platform index itself: a scalar that vmap did not batch,
+    # so the cond was not turned into a select that runs both samplers.
+    assert conds == [(True, ())]
+    for platform in ("cuda", "tpu"):
+        assert data_dependent_control_flow(lowered(_vmapped, (keys, X), platform)) == []
+    cpu = lowered(_vmapped, (keys, X), "cpu")
+    assert "stablehlo.case" in cpu and "stablehlo.scatter" in cpu  # The sparse sampler.
+    compiled = jax.jit(_vmapped).lower(keys, X).compile().as_text()
+    assert "conditional(" not in compiled
+
+
+@pytest.mark.parametrize("keep", ["python", "traced-min"])
+def test_cpu_compiles_the_sparse_sampler_with_no_conditional(keep):
+    fn, extra = _dropblock(keep, False, "actual")
+    key = jax.random.key(0)
+    module = lowered(fn, (key, X, *extra), "cpu")
+    assert "stablehlo.scatter" in module  # The sparse sampler, not the dense draw ...
+    assert "stablehlo.case" in module  # ... chosen by the platform case ...
+    for f, args in ((fn, (key, X, *extra)), (forward_and_backward(fn), (X, key, *extra))):
+        compiled = jax.jit(f).lower(*args).compile().as_text()
+        assert "conditional(" not in compiled  # ... which XLA folds away.
+
+
+def test_a_lowering_for_several_platforms_holds_each_sampler():
+    # One module for CPU and CUDA: the case picks on the platform index, an argument of the
+    # exported module (the caller's choice); a single-platform lowering has only its branch.
+    fn, _ = _dropblock("python", False, "actual")
+    module = jax.export.export(jax.jit(fn), platforms=["cpu", "cuda"])(jax.random.key(0), X)
+    text = module.mlir_module()
+    assert "stablehlo.scatter" in text  # The CPU sampler is there ...
+    assert "stablehlo.case" in text  # ... beside the dense one, behind the platform case.
+    assert module.platforms == ("cpu", "cuda")
+
+
+def test_the_check_sees_data_dependent_control_flow():
     # What the 0.1 sampler had: a data-dependent cond and switch, and a bisection fori_loop.
     def fn(x):
         x = jax.lax.cond(x.sum() > 0, lambda x: x * 2, lambda x: x, x)
@@ -141,5 +225,18 @@ def test_the_check_sees_control_flow():
         return jax.lax.fori_loop(0, x.shape[0], lambda i, x: x + i, x)
 
     for platform in ("cuda", "tpu"):
-        counts = control_flow(lowered(fn, (jnp.ones(3),), platform))
-        assert counts["case"] == 2 and counts["if"] + counts["while"] >= 1, counts
+        found = data_dependent_control_flow(lowered(fn, (jnp.ones(3),), platform))
+        assert sum("stablehlo.case" in op for op in found) == 2, found
+        assert sum("stablehlo.while" in op for op in found) == 1, found
+
+
+def test_the_check_allows_a_platform_case():
+    def fn(x):
+        return jax.lax.platform_dependent(x, cpu=lambda x: x + 1, default=lambda x: x * 2)
+
+    module = lowered(fn, (jnp.ones(3),), "cuda")
+    assert module.count("stablehlo.case") == 2  # platform_dependent's two nested cases ...
+    assert data_dependent_control_flow(module) == []  # ... both on constants.
+    # The same case on a value computed from data is reported.
+    data_case = module.replace('"stablehlo.case"(%c', '"stablehlo.case"(%arg0', 1)
+    assert data_case != module and len(data_dependent_control_flow(data_case)) == 2

@@ -193,16 +193,16 @@ def test_edges_of_gamma(gamma_cap):
         assert bool(draw(jnp.float32(1.0)).all())
 
 
-def test_sampler_primitive_is_the_same_eager_jitted_and_batched():
-    # The per-platform sampler is a primitive with its own eager rule and vmap rule: both must
-    # give the bits of a jitted call per example, for a key batched on any axis, a batched gamma
-    # and nested vmaps (two batch axes).
+def test_sampler_is_the_same_eager_jitted_and_batched():
+    # The per-platform choice (a platform_dependent case) must not change the bits: eager,
+    # jitted and vmapped calls give the bits of a jitted call per example, for a key batched on
+    # any axis, a batched gamma and nested vmaps (two batch axes).
     def draw(k, g):
         return sampling.bernoulli_seeds(k, g, SHAPE, gamma_cap=0.01, leading_axes=1)
 
     keys = jax.random.split(jax.random.key(4), (3, 2))
     gammas = jnp.asarray([0.002, 0.005], jnp.float32)
-    # The outer vmap maps the keys' axis 1, so the primitive sees a batch axis off the front.
+    # The outer vmap maps the keys' axis 1: a batch axis off the front.
     batched = jax.jit(jax.vmap(jax.vmap(draw, in_axes=(0, None)), in_axes=(1, None)))
     got = np.asarray(batched(keys, gammas[0]))
     assert got.shape == (2, 3, *SHAPE)

@@ -17,7 +17,6 @@ from typing import Any, TypeGuard, cast
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.core import Tracer
 
 
 def _default_prng_impl() -> str:
@@ -103,20 +102,37 @@ def concrete_value(value: object) -> float | None:
     """
     if isinstance(value, numbers.Real):
         return float(value)
-    if isinstance(value, Tracer):
+    if is_traced(value):
         return None
     if isinstance(value, jax.Array) and not value.is_fully_addressable:
         return None
     return float(np.asarray(value))
 
 
+def is_traced(value: object) -> bool:
+    """True for a tracer (a value inside ``jit``, ``vmap``, ``grad``...), with public JAX only.
+
+    A tracer is a ``jax.Array`` whose ``is_fully_addressable`` raises
+    ``jax.errors.ConcretizationTypeError``: it has no buffers, so no placement to report.
+    """
+    if not isinstance(value, jax.Array):
+        return False
+    try:
+        value.is_fully_addressable  # noqa: B018 (the attribute access is the test)
+    except jax.errors.ConcretizationTypeError:
+        return True
+    return False
+
+
 def check_keep_prob(keep_prob: object, name: str = "keep_prob") -> float | jax.Array:
     """Checks a ``keep_prob`` and returns it in the form the jitted kernels take.
 
     Any concrete value (a Python number, ``fractions.Fraction`` included, a NumPy scalar or 0-d
-    array, a JAX array outside a trace) must lie in [0, 1]; a traced one must be a real scalar.
-    Host values come back as Python floats (a ``Fraction`` is not a JAX type); JAX arrays are
-    returned as they are.
+    array, a JAX array outside a trace) must lie in [0, 1] and comes back as a Python float, so
+    that a concrete ``jnp.float32(0.9)`` is handled exactly like ``0.9``: the same checks
+    (against ``min_keep_prob`` too), the same sampler, the same mask, and no dtype promotion of
+    ``x`` (a Python float is weakly typed). A traced one must be a real scalar and is returned as
+    it is.
     """
     check_real_scalar(keep_prob, name)
     value = concrete_value(keep_prob)
@@ -124,7 +140,7 @@ def check_keep_prob(keep_prob: object, name: str = "keep_prob") -> float | jax.A
         return cast(jax.Array, keep_prob)
     if not 0.0 <= value <= 1.0:  # Also rejects NaN.
         raise ValueError(f"`{name}` must be in [0, 1], got {keep_prob!r}.")
-    return keep_prob if isinstance(keep_prob, jax.Array) else value
+    return value
 
 
 def nothing_to_drop(size: int, keep_prob: float | jax.Array) -> bool:

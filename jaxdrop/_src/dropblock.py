@@ -65,9 +65,12 @@ def dropblock(
       rng: a PRNG key, typed (``jax.random.key``) or legacy (``jax.random.PRNGKey``).
       x: floating array of shape ``(..., H, W, C)`` by default (channels last, like Flax); any
         layout through ``spatial_dims``.
-      keep_prob: probability of keeping a unit, a Python float or a traced scalar. ``1.0``
-        returns ``x`` unchanged and ``0.0`` returns zeros. A traced value is not checked; it is
-        clipped to [0, 1] (NaN counts as 0). It receives no gradient.
+      keep_prob: probability of keeping a unit, a Python float or a scalar array. ``1.0``
+        returns ``x`` unchanged and ``0.0`` returns zeros. A concrete scalar array (such as
+        ``jnp.float32(0.9)`` outside ``jit``) is checked and used exactly like the Python float
+        of its value. A traced value cannot be checked: it is clipped to [0, 1] (to
+        ``[min_keep_prob, 1]`` with a bound), and NaN gives zeros in every mode. It receives no
+        gradient.
       block_size: the side of a block, an int or one int per spatial dim. A block larger than
         its axis is clipped to the axis length.
       spatial_dims: the axes that blocks span: ``(-3, -2)`` for ``(N, H, W, C)``, ``(-2, -1)``
@@ -81,8 +84,9 @@ def dropblock(
       calibrate: solve ``gamma`` so that the expected kept fraction is exactly ``keep_prob``,
         instead of using the paper's formula.
       min_keep_prob: a static lower bound on a traced ``keep_prob`` (e.g. a schedule's final
-        value), a Python float in (0, 1]. A traced ``keep_prob`` below it (or NaN) is clipped up
-        to it, and ``normalize="expected"`` scales by the clipped value. It bounds ``gamma``,
+        value), a Python float in (0, 1]. A traced ``keep_prob`` below it is clipped up to it,
+        and ``normalize="expected"`` scales by the clipped value; a traced NaN still gives
+        zeros. It bounds ``gamma``,
         which lets CPU draw only the seeds (a fixed budget per row) instead of one uniform per
         position; without it a traced ``keep_prob`` is drawn densely, which on CPU costs several
         times more for a large map. A Python ``keep_prob`` needs no bound (its ``gamma`` is
@@ -211,10 +215,10 @@ def _dropblock(
 ):
     mask_shape = tuple(1 if d in broadcast_dims else n for d, n in enumerate(x.shape))
     if min_keep_prob is not None:
-        # The documented clip, before apply_mask (so the "expected" scale uses it too); NaN
-        # counts as 0 and is therefore clipped up as well.
-        keep_prob = jnp.asarray(keep_prob, jnp.float32)
-        keep_prob = jnp.clip(jnp.where(jnp.isnan(keep_prob), 0.0, keep_prob), min_keep_prob, 1.0)
+        # The documented clip, before apply_mask (so the "expected" scale uses it too). NaN
+        # stays NaN (clip propagates it), which apply_mask turns into 0 and dropblock_mask into
+        # an all-dropped mask, as without a bound: a broken schedule gives zeros, never a mask.
+        keep_prob = jnp.clip(jnp.asarray(keep_prob, jnp.float32), min_keep_prob, 1.0)
     make_mask = functools.partial(
         dropblock_mask,
         shape=mask_shape,
@@ -426,4 +430,8 @@ def dropblock_mask(
         if i:
             dropped = lax.optimization_barrier(dropped)
         dropped = dilate(dropped, d, b)
-    return dropped == 0
+    # keep_prob is 0 (or NaN) only where everything must drop: a traced 0 without a bound (gamma
+    # is then 1 and the dense draw already drops everything) and a traced NaN, which with
+    # `min_keep_prob` is drawn by the sparse sampler, whose budget holds only K seeds per row.
+    # A scalar condition, fused into the comparison: no extra pass over the mask.
+    return (dropped == 0) & (keep_prob > 0)

@@ -14,8 +14,9 @@ import hashlib
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.core import Tracer
 from jax.experimental import multihost_utils
+
+from jaxdrop._src import checks
 
 
 def _fingerprint(rng: jax.Array) -> np.ndarray:
@@ -29,7 +30,7 @@ def _fingerprint(rng: jax.Array) -> np.ndarray:
             f"{type(rng).__name__} of dtype {getattr(rng, 'dtype', None)} and shape "
             f"{np.shape(rng)}."
         ) from e
-    if isinstance(data, Tracer):
+    if checks.is_traced(data):
         raise TypeError(
             "`rng` must be a concrete key: call check_same_key outside jax.jit, on the key you "
             "pass into the jitted step."

@@ -30,9 +30,22 @@ that is the sampler's one approximation, and it is far below the ``2**-23`` floa
 of ``gamma`` itself. ``dropblock`` derives ``gamma_cap`` from a Python ``keep_prob`` (rounded up
 to a power of 4, so nearby values share a compilation) or from ``min_keep_prob``.
 
-**Per platform.** A private primitive with one lowering per platform picks the sparse sampler
-on CPU and the dense one elsewhere, at lowering time, so that a lowering for one platform holds
-that platform's sampler and no control flow. The CPU choice is static too: a cost model, ``R * (K *
+**Draws that do not depend on the budget.** The uniforms are drawn as one array of shape
+``(K, R, sub_rows)``, the budget on the leading axis. With threefry (partitionable, JAX's
+default) the bits of an element depend only on the key and the element's row-major index, so
+the first ``K1`` gaps of every row are the same for any budget ``K2 >= K1``: two calls that
+differ only in the budget (a Python ``keep_prob`` and a traced one with ``min_keep_prob``) give
+the same seeds unless a row has more seeds than the smaller budget (probability below
+``2**-40``). The budget does decide whether the sparse sampler is used at all (the cost model
+below weighs ``K`` against the row length), so it is the same sampler only where both bounds
+choose the sparse one (``docs/guide/reproducibility.md``).
+
+**Per platform.** ``jax.lax.platform_dependent`` picks the sparse sampler on CPU and the dense
+one elsewhere. It lowers to a ``stablehlo.case`` whose index is a constant of the lowering
+platform (and, for a single-platform lowering, holds only that platform's branch); XLA folds it
+away, so the compiled program holds no conditional, and under ``vmap`` the index stays an
+unbatched constant, so the case is not turned into a select that runs both samplers
+(tests/test_lowering.py). The CPU choice is static too: a cost model, ``R * (K *
 _SPARSE_DRAW_NS + n * _SPARSE_POSITION_NS)`` against ``R * n * _DENSE_POSITION_NS``, picks the
 dense draw on every platform when it is not more expensive, and for grids below
 ``_DENSE_BELOW`` positions.
@@ -48,7 +61,9 @@ positions.
 Precision: like ``jax.random.bernoulli``, both samplers are exact up to float32 rounding of
 ``gamma`` and of the uniforms (about ``2**-23``), plus, for the sparse one, the ``2**-40``
 budget overflow above. Both depend only on the key and the position, so a sharded call equals
-the unsharded one bit for bit (with ``jax_threefry_partitionable``, the default).
+the unsharded one bit for bit, and a ``vmap`` over threefry keys equals the loop over examples
+(with ``jax_threefry_partitionable``, the default; not for ``rbg`` / ``unsafe_rbg`` keys, whose
+batched draw JAX computes differently).
 """
 
 from __future__ import annotations
@@ -58,11 +73,7 @@ import math
 from functools import partial
 
 import jax
-import jax.extend
 import jax.numpy as jnp
-from jax._src import dispatch  # Private: the eager rule of JAX's own primitives.
-from jax.core import ShapedArray
-from jax.interpreters import ad, batching, mlir
 
 # Positions are exact float32 integers below 2**24 (see the module docstring).
 MAX_ROW = 2**24 - 1
@@ -163,7 +174,13 @@ def row_axes(shape: tuple[int, ...], leading_axes: int) -> int:
 def sparse_plan(
     shape: tuple[int, ...], leading_axes: int, gamma_cap: float, max_row: int = MAX_ROW
 ) -> Plan | None:
-    """The sparse sampler's layout for a seed grid, or None where the dense draw is cheaper."""
+    """The sparse sampler's layout for a seed grid, or None where the dense draw is cheaper.
+
+    The rows, sub-rows and their length depend only on ``shape`` and ``leading_axes``; the
+    budget, and with it the choice of sampler (the cost model weighs the budget against the row
+    length), depend on ``gamma_cap`` too. So two bounds that both choose the sparse sampler draw
+    the same seeds (the module docstring), but a looser bound may choose the dense draw.
+    """
     if not 0 < max_row <= MAX_ROW:
         raise ValueError(f"`max_row` must be in [1, 2**24 - 1], got {max_row!r}.")
     axes = row_axes(shape, leading_axes)
@@ -181,17 +198,28 @@ def sparse_plan(
     return Plan(axes, rows, row_length, sub_rows, length, budget)
 
 
-def _dense(rng, gamma, shape, dtype) -> jax.Array:
+def _dense(rng, gamma, *, shape, dtype) -> jax.Array:
     return jax.random.bernoulli(rng, gamma, shape).astype(dtype)
 
 
-def _sparse(rng, gamma, shape, dtype, plan: Plan) -> jax.Array:
+def sparse_uniforms(rng: jax.Array, plan: Plan) -> jax.Array:
+    """The sparse sampler's uniforms in (0, 1], shaped ``(rows, sub_rows, budget)``.
+
+    Drawn with the budget on the leading axis, so that (partitionable threefry numbers elements
+    by their row-major index) the first ``K`` gaps of a row do not change when the budget grows
+    past ``K``; then moved last, an ``O(rows * budget)`` transpose. A device holding some rows
+    of a sharded batch draws only their gaps, since the partitioner splits the draw along the
+    row axis. Values in (0, 1] so that ``log(u)`` is finite.
+    """
+    u = jax.random.uniform(rng, (plan.budget, plan.rows, plan.sub_rows), jnp.float32)
+    return jnp.moveaxis(1.0 - u, 0, -1)
+
+
+def _sparse(rng, gamma, *, shape, dtype, plan: Plan) -> jax.Array:
     """The first ``plan.budget`` seeds of every sub-row, from geometric gaps."""
     n = plan.length
     log_q = jnp.log1p(-gamma)
-    # One uniform per gap, in (0, 1] so that log(u) is finite. Row-major over (rows, sub-rows,
-    # gaps): with partitionable threefry, a device holding some rows draws only their gaps.
-    u = 1.0 - jax.random.uniform(rng, (plan.rows, plan.sub_rows, plan.budget), jnp.float32)
+    u = sparse_uniforms(rng, plan)  # One uniform per gap.
     # gamma = 0 (log_q = 0) has no seed at all: every gap is past the end.
     safe_log_q = jnp.where(log_q < 0, log_q, jnp.float32(-1.0))
     gaps = jnp.where(log_q < 0, jnp.log(u) / safe_log_q, jnp.float32(n))
@@ -247,84 +275,11 @@ def bernoulli_seeds(
     """
     gamma = jnp.asarray(gamma, jnp.float32)
     plan = None if gamma_cap is None else sparse_plan(shape, leading_axes, gamma_cap, max_row)
+    dense = partial(_dense, shape=shape, dtype=dtype)
     if plan is None:
-        return _dense(rng, gamma, shape, dtype)
-    if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
-        rng = jax.random.wrap_key_data(rng)  # A legacy key, read as jax.random reads it.
-    return _seed_grid_p.bind(
-        rng, gamma, shape=shape, dtype=jnp.dtype(dtype), plan=plan, batch_ndim=0
+        return dense(rng, gamma)
+    # A case on the platform index, a constant of the lowering that XLA folds away: no
+    # data-dependent control flow, and under vmap the index stays unbatched (no select).
+    return jax.lax.platform_dependent(
+        rng, gamma, cpu=partial(_sparse, shape=shape, dtype=dtype, plan=plan), default=dense
     )
-
-
-# The sampler is chosen per platform by a primitive with one lowering per platform, as JAX does
-# for threefry2x32, rather than by ``lax.platform_dependent``: that lowers to ``stablehlo.case``
-# ops on a constant index even for a single platform, and an accelerator lowering must hold no
-# control flow at all (tests/test_lowering.py). A lowering for several platforms at once still
-# picks with a case op (JAX emits it around the per-platform rules).
-#
-# The operands are the typed key, so ``debug_key_reuse`` sees the primitive consume it (JAX's
-# rule for a primitive it does not know), and ``gamma``; both carry ``batch_ndim`` leading batch
-# axes that ``vmap`` adds, and each lowering ``vmap``s the one-example sampler over them, so a
-# vmapped call equals a loop over examples bit for bit, as with a direct call of the sampler.
-_seed_grid_p = jax.extend.core.Primitive("jaxdrop_seed_grid")
-
-
-def _dense_sampler(rng, gamma, shape, dtype, plan):
-    del plan
-    return _dense(rng, gamma, shape, dtype)
-
-
-def _seed_grid(sampler, rng, gamma, *, shape, dtype, plan, batch_ndim):
-    def one(rng, gamma):
-        return sampler(rng, gamma, shape, dtype, plan)
-
-    for _ in range(batch_ndim):
-        one = jax.vmap(one)
-    return one(rng, gamma)
-
-
-def _seed_grid_abstract_eval(rng, gamma, *, shape, dtype, plan, batch_ndim):
-    del plan
-    if rng.shape != gamma.shape or gamma.ndim != batch_ndim:
-        raise ValueError(  # Internal: the batching rule keeps these equal.
-            f"`rng` and `gamma` must have the batch shape of `batch_ndim={batch_ndim}` axes, "
-            f"got {rng.shape} and {gamma.shape}."
-        )
-    return ShapedArray(gamma.shape + shape, dtype)
-
-
-def _seed_grid_batch(args, dims, *, batch_ndim, **params):
-    size = next(a.shape[d] for a, d in zip(args, dims, strict=True) if d is not None)
-
-    def to_front(a, d):
-        if d is None:  # Not batched (batching.not_mapped).
-            return jnp.broadcast_to(a, (size, *a.shape))
-        return jnp.moveaxis(a, d, 0)
-
-    rng, gamma = (to_front(a, d) for a, d in zip(args, dims, strict=True))
-    return _seed_grid_p.bind(rng, gamma, batch_ndim=batch_ndim + 1, **params), 0
-
-
-_seed_grid_p.def_impl(partial(dispatch.apply_primitive, _seed_grid_p))
-_seed_grid_p.def_abstract_eval(_seed_grid_abstract_eval)
-batching.primitive_batchers[_seed_grid_p] = _seed_grid_batch
-
-
-def _seed_grid_jvp(primals, tangents, **params):
-    # Seeds are integers: no tangent (dropblock also stops the gradient of keep_prob).
-    del tangents
-    seeds = _seed_grid_p.bind(*primals, **params)
-    # `Zero.from_primal_value` is public at run time but missing from the type stubs.
-    return seeds, ad.Zero.from_primal_value(seeds)  # pyright: ignore[reportAttributeAccessIssue]
-
-
-ad.primitive_jvps[_seed_grid_p] = _seed_grid_jvp
-mlir.register_lowering(
-    _seed_grid_p,
-    mlir.lower_fun(partial(_seed_grid, _dense_sampler), multiple_results=False),
-)
-mlir.register_lowering(
-    _seed_grid_p,
-    mlir.lower_fun(partial(_seed_grid, _sparse), multiple_results=False),
-    platform="cpu",
-)
