@@ -15,6 +15,9 @@ matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")
 import matplotlib.image  # noqa: E402
 
+# The whole file is slow: its quick run trains the example (CI runs them all).
+pytestmark = pytest.mark.slow
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
