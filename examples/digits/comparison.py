@@ -40,34 +40,28 @@ def main_tables(main, runs) -> str:
     drop = runs[identity(main["dropout"])]
     sides = [occluder_side(f, 16) for f in OCCLUSION]
     head = " | ".join(f"{s} x {s} ({pct(s * s / 256)}%)" if s else "none" for s in sides)
-    lines = [
-        "Test accuracy (%) by occluder, mean [95% CI]:",
-        "",
-        f"| configuration | {head} |",
-        "|---|" + "---|" * len(sides),
-    ]
-    for label, config in main.items():
-        r = runs[identity(config)]
-        cells = [interval_cell(metric(r, "occluded", i)) for i in range(len(sides))]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    for ref_label, ref in (("no regularisation", none), ("dropout", drop)):
-        lines += [
-            "",
-            f"Paired difference against {ref_label} (percentage points, mean [95% CI]; "
-            "* = the interval excludes 0):",
-            "",
-            f"| configuration | {head} |",
-            "|---|" + "---|" * len(sides),
-        ]
+
+    def table(title, cell, skip=None) -> list[str]:
+        """``cell(records, i)`` for every configuration (but ``skip``) and occluder ``i``."""
+        lines = [title, "", f"| configuration | {head} |", "|---|" + "---|" * len(sides)]
         for label, config in main.items():
             r = runs[identity(config)]
-            if r is ref:
-                continue
-            cells = [
-                diff_cell(metric(r, "occluded", i), metric(ref, "occluded", i))
-                for i in range(len(sides))
-            ]
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+            if r is not skip:
+                cells = [cell(r, i) for i in range(len(sides))]
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        return lines
+
+    lines = table(
+        "Test accuracy (%) by occluder, mean [95% CI]:",
+        lambda r, i: interval_cell(metric(r, "occluded", i)),
+    )
+    for ref_label, ref in (("no regularisation", none), ("dropout", drop)):
+        lines += [""] + table(
+            f"Paired difference against {ref_label} (percentage points, mean [95% CI]; "
+            "* = the interval excludes 0):",
+            lambda r, i, ref=ref: diff_cell(metric(r, "occluded", i), metric(ref, "occluded", i)),
+            skip=ref,
+        )
     return "\n".join(lines)
 
 
