@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+# The headline case: (shape, dtype, block size).
 HEADLINE = ((16, 28, 28, 512), "float32", 7)
 
 
