@@ -13,7 +13,9 @@ Parts (one file each): `matrix.py` (shapes x dtypes x blocks, forward and forwar
 `vmapped.py` (vmap over per-example keys), `compile_time.py` with `resnet.py` (trace and compile
 time of a ResNet-50 train step), `devices.py` (global jit on simulated CPU devices), `pieces.py`
 (seed sampling and block expansion alone), `peers.py` (PyTorch and keras-cv, when installed).
-`harness.py` times and describes the machine; `report.py` writes the report and the targets.
+`harness.py` times and describes the machine; `report.py` writes the report: the targets of
+`targets.py` (each checked on the run's ratios), then the tables of `sections.py`; `measurements.py`
+holds what the run measured.
 """
 
 from __future__ import annotations
@@ -89,10 +91,11 @@ def main(argv=None) -> None:
     command = " ".join(["python", *(shlex.quote(a) for a in sys.argv)])
     start = time.perf_counter()
     import jax
+    import measurements
     import report
 
     print(f"devices: {jax.devices()}", flush=True)
-    results = report.Results(
+    results = measurements.Results(
         command,
         harness.git_commit(),
         args.keep_prob,

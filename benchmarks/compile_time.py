@@ -9,6 +9,7 @@ parameter is materialised. Variants are measured round-robin and the median is r
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -37,6 +38,13 @@ class Variant:
     def total_s(self) -> float:
         totals = [a + b for a, b in zip(self.trace_s, self.compile_s, strict=True)]
         return statistics.median(totals) if totals else float("nan")
+
+
+def overheads(variants: list[Variant]) -> tuple[dict[str, float], float]:
+    """Each variant's median total time over no regulariser's, and flax Dropout's overhead."""
+    total = {v.name: v.total_s for v in variants}
+    none = total.get(NONE, math.nan)
+    return {name: t - none for name, t in total.items()}, total.get(FLAX, math.nan) - none
 
 
 def variants() -> list[Variant]:

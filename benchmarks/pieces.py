@@ -4,8 +4,8 @@ These time private functions of `jaxdrop._src`, which change with the implementa
 table adapts to what the checked-out code exposes and says so:
 
 - seed sampling: the sparse sampler against the dense `jax.random.bernoulli` draw, at the
-  headline gamma and at a large one, through `sampling.bernoulli_seeds` (its `tiers=()` draws
-  densely; a `gamma_cap` of None draws densely and a float lets CPU use the sparse sampler);
+  headline gamma and at a large one, through `sampling.bernoulli_seeds` (a `gamma_cap` of None
+  draws densely and a float lets CPU use the sparse sampler);
 - block expansion: `lax.reduce_window` max against shifted-slice ORs (`b - 1` per axis, the
   `dilate` of `jaxdrop`) and log2(b) doublings, alone on a seed grid and inside the whole
   `dropblock` call (by swapping `dilate` for the time of one compilation).
@@ -70,11 +70,6 @@ def sampler_variants(gamma: float) -> tuple[str, dict[str, dict]]:
     from jaxdrop._src import sampling
 
     params = inspect.signature(sampling.bernoulli_seeds).parameters
-    if "tiers" in params:
-        return "a budget ladder picked at run time (`tiers`)", {
-            "sparse (default ladder)": {},
-            "dense `jax.random.bernoulli`": {"tiers": ()},
-        }
     if "gamma_cap" in params:
         rows = {"leading_axes": 1} if "leading_axes" in params else {}
         path = "sparse where the CPU cost model prefers it"

@@ -82,6 +82,7 @@ def test_count_true_is_exact_up_to_one_final_rounding(n):
 
 
 # Two examples (40.5 M units) are marked slow; one example already has more than 2**24.
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_actual_scale_past_2_24_units_per_example(batch):
     # One example of 4500 x 4500 = 20.25M units, more than 2**24: the scale of "actual" is

@@ -30,6 +30,9 @@ from flax import nnx
 
 import jaxdrop
 
+# Every test here starts a training process and restarts it: slow (CI runs them all).
+pytestmark = pytest.mark.slow
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 K = 3  # steps before the checkpoint, and after it
 SEED = 0

@@ -28,7 +28,14 @@ def _blocks(shape, block, spatial):
     return list(oracle.clip_blocks([shape[d] for d in spatial], block))
 
 
-@pytest.mark.parametrize("case", CASES)
+# The two slowest cases only in the full run.
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(c, marks=pytest.mark.slow) if c in ("nhwc-nonsquare", "nchw") else c
+        for c in CASES
+    ],
+)
 def test_zero_set_is_union_of_whole_blocks_inside_map(case):
     shape, block, spatial = CASES[case]
     x = jax.random.uniform(jax.random.key(1), shape, minval=1.0, maxval=2.0)
@@ -41,8 +48,17 @@ def test_zero_set_is_union_of_whole_blocks_inside_map(case):
         assert oracle.is_union_of_full_blocks(zero, canonical, _blocks(shape, block, spatial))
 
 
-@pytest.mark.parametrize("normalize", ["actual", "expected", "none"])
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+# The two slowest combinations only in the full run.
+@pytest.mark.parametrize(
+    ("dtype", "normalize"),
+    [
+        pytest.param(d, n, marks=pytest.mark.slow)
+        if (d, n) in ((jnp.float16, "expected"), (jnp.float32, "actual"))
+        else (d, n)
+        for d in (jnp.float32, jnp.bfloat16, jnp.float16)
+        for n in ("actual", "expected", "none")
+    ],
+)
 def test_kept_values_equal_x_times_scale(key, normalize, dtype):
     x = jax.random.normal(jax.random.key(3), (2, 12, 10, 3)).astype(dtype)
     keep_prob = 0.8
@@ -60,6 +76,7 @@ def test_kept_values_equal_x_times_scale(key, normalize, dtype):
     assert 0 < kept.mean() < 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "shape,block,spatial,calibrate",
     [
@@ -112,6 +129,7 @@ def test_broadcast_dims_share_the_mask(key):
     assert not np.array_equal(y[..., 0], y[..., 1])
 
 
+@pytest.mark.slow
 def test_masks_are_independent_per_example_and_channel(key):
     y = np.asarray(jaxdrop.dropblock(key, jnp.ones((8, 16, 16, 8)), 0.7, 3)) == 0
     maps = y.transpose(0, 3, 1, 2).reshape(64, -1)
@@ -124,6 +142,7 @@ def test_masks_are_independent_per_example_and_channel(key):
     assert abs(both - p**2) < 0.25 * p * (1 - p)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "keep_prob,calibrate,normalize",
     [
@@ -149,6 +168,7 @@ def test_keep_prob_edges_python_and_traced(key, x_key, keep_prob, calibrate, nor
     np.testing.assert_array_equal(grad, jnp.full_like(x, keep_prob))
 
 
+@pytest.mark.slow
 def test_gradients(key, x_key):
     x = jax.random.normal(x_key, (2, 8, 8, 2))
     for normalize in ("actual", "expected"):
@@ -162,6 +182,7 @@ def test_gradients(key, x_key):
     assert float(g) == 0.0
 
 
+@pytest.mark.slow
 def test_float16_count_does_not_overflow(key):
     # 400 000 units: a float16 sum of the mask would overflow at 65 504 and zero the output.
     x = jnp.ones((4, 100, 100, 10), jnp.float16)
@@ -196,6 +217,7 @@ SPARSE_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", SPARSE_CASES)
 def test_sparse_mask_is_the_oracle_of_its_seeds(key, case):
     shape, block, spatial = SPARSE_CASES[case]
@@ -229,6 +251,7 @@ def test_sparse_mask_is_the_oracle_of_its_seeds(key, case):
     np.testing.assert_array_equal(np.asarray(y) != 0, np.asarray(mask))
 
 
+@pytest.mark.slow
 def test_vmap_matches_per_example_loop_with_the_sparse_sampler():
     # Per example, a (28, 28, 8) map: one row of 26 * 26 * 8 seed positions, sparse on CPU.
     keys = jax.random.split(jax.random.key(5), 3)
@@ -241,6 +264,7 @@ def test_vmap_matches_per_example_loop_with_the_sparse_sampler():
             np.testing.assert_array_equal(batched[i], f(keys[i], xs[i]))
 
 
+@pytest.mark.slow
 def test_traced_keep_prob_below_min_keep_prob_is_clipped_up(key):
     x = jnp.ones((2, 30, 30, 4))
     f = jax.jit(lambda p: jaxdrop.dropblock(key, x, p, 5, normalize="expected", min_keep_prob=0.8))
@@ -277,6 +301,7 @@ def test_bad_min_keep_prob(key, min_keep_prob, keep_prob, error, match):
         jaxdrop.dropblock(key, jnp.ones((2, 8, 8, 3)), keep_prob, 3, min_keep_prob=min_keep_prob)
 
 
+@pytest.mark.slow
 def test_sparse_sampler_reuses_no_key():
     # Forward and gradient on the sparse path (Python keep_prob, and traced with a bound): the
     # platform case passes the key to both samplers, which the checker must see as one use,

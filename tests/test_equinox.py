@@ -66,13 +66,16 @@ def _input(name):
     return HWC if name.endswith("HWC") else X
 
 
+@pytest.mark.slow
 def test_import_jaxdrop_does_not_import_equinox():
     code = "import sys, jaxdrop; assert 'equinox' not in sys.modules, 'equinox imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 @pytest.mark.parametrize("make_key", [jax.random.key, jax.random.PRNGKey])
-@pytest.mark.parametrize("name", list(MODULES))
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "DropBlock" else n for n in MODULES]
+)
 def test_module_is_the_function(name, make_key):
     module, fn = MODULES[name]
     x, key = _input(name), make_key(3)
@@ -114,6 +117,7 @@ def test_training_without_a_key_raises(name):
         module(_input(name))
 
 
+@pytest.mark.slow
 def test_keep_prob_one_needs_no_key_and_call_time_keep_prob_overrides(key):
     # As eqx.nn.Dropout with p=0: nothing is dropped, so no key is needed.
     assert jeqx.DropBlock(1.0, 3)(X) is X
@@ -201,6 +205,7 @@ def _batch(n=4):
     return xs, keys
 
 
+@pytest.mark.slow
 def test_per_example_model_vmapped_over_the_batch():
     model = Net(jax.random.key(0))
     xs, keys = _batch()
@@ -229,6 +234,7 @@ def test_per_example_model_vmapped_over_the_batch():
     np.testing.assert_allclose(out, plain, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_vmapped_layers_equal_a_per_example_loop_exactly():
     xs, keys = _batch()
     layers = [name for name in MODULES if not name.endswith("HWC")]
@@ -239,6 +245,7 @@ def test_vmapped_layers_equal_a_per_example_loop_exactly():
         np.testing.assert_array_equal(ys, loop, err_msg=name)
 
 
+@pytest.mark.slow
 def test_filter_grad_through_the_vmapped_model():
     model = Net(jax.random.key(0))
     xs, keys = _batch()
@@ -259,6 +266,7 @@ def test_filter_grad_through_the_vmapped_model():
     assert bool(jnp.any(grads.conv.weight != 0)) and bool(jnp.any(grads.head.layer.weight != 0))
 
 
+@pytest.mark.slow
 def test_traced_call_time_keep_prob_does_not_retrace(key):
     @eqx.filter_jit
     def apply(module, x, key, keep_prob):
@@ -303,7 +311,7 @@ def _by_name(name):
     "make_layer, x",
     [
         (lambda k: eqx.nn.Linear(16, 8, key=k), jnp.ones(16)),
-        (lambda k: eqx.nn.Conv2d(3, 4, 3, key=k), X),
+        pytest.param(lambda k: eqx.nn.Conv2d(3, 4, 3, key=k), X, marks=pytest.mark.slow),
     ],
     ids=["Linear", "Conv2d"],
 )

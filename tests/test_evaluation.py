@@ -15,6 +15,9 @@ matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")
 import matplotlib.image  # noqa: E402
 
+# The whole file is slow: its quick run trains the example (CI runs them all).
+pytestmark = pytest.mark.slow
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
@@ -88,6 +91,7 @@ def test_occluder(digits):
 def test_quick_run(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(EXAMPLES))
     evaluation = importlib.import_module("evaluate_regularizers")
+    sweeps = importlib.import_module("digits.sweeps")
     # Dtype promotion relaxed for optax's Adam, as in test_example.py.
     with jax.numpy_dtype_promotion("standard"):
         out = evaluation.main(["--quick", "--out", str(tmp_path)])
@@ -96,10 +100,10 @@ def test_quick_run(tmp_path, monkeypatch):
     seeds = 2
     for section in sections.values():
         for config in section.values():
-            records = runs[evaluation.identity(config)]
+            records = runs[sweeps.identity(config)]
             assert sorted(r["seed"] for r in records) == list(range(seeds))
             for r in records:
-                assert len(r["occluded"]) == len(evaluation.OCCLUSION)
+                assert len(r["occluded"]) == len(sweeps.OCCLUSION)
                 assert r["occluded"][0] == r["test"]  # no occluder: the clean test set
                 assert all(0.0 <= v <= 1.0 for v in [r["test"], r["train"], *r["occluded"]])
     assert json.loads((tmp_path / "runs.json").read_text())["runs"] == runs

@@ -52,6 +52,11 @@ def test_identity_at_one(method, key, keep_prob):
     np.testing.assert_array_equal(fn(key, x, keep_prob), x)
 
 
+@pytest.mark.parametrize(
+    "method",
+    [pytest.param(m, marks=pytest.mark.slow) if m == "dropout" else m for m in UNIT_METHODS],
+    indirect=True,
+)
 def test_zeros_at_zero_with_finite_gradient(method, key):
     fn, _ = method
     x = _x()
@@ -74,6 +79,11 @@ def test_kept_units_are_scaled_exactly(method, key):
     assert 0 < int(kept.sum()) < x.size  # both kept and dropped units occur with this key
 
 
+@pytest.mark.parametrize(
+    "method",
+    [pytest.param(m, marks=pytest.mark.slow) if m == "dropout" else m for m in UNIT_METHODS],
+    indirect=True,
+)
 def test_drop_rate_matches_expectation(method, key):
     fn, mask_shape = method
     shape = (200, 6, 5, 50)
@@ -89,6 +99,11 @@ def test_drop_rate_matches_expectation(method, key):
     assert abs(kept - n * keep_prob) < 5 * sigma
 
 
+@pytest.mark.parametrize(
+    "method",
+    [pytest.param(m, marks=pytest.mark.slow) if m == "dropout" else m for m in UNIT_METHODS],
+    indirect=True,
+)
 def test_low_precision_keeps_dtype(method, key):
     fn, _ = method
     dtype = jnp.bfloat16
@@ -195,6 +210,7 @@ def test_drop_path_keep_probs():
 # --- cutout --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "shape, spatial_dims, size, num_patches",
     [
@@ -245,6 +261,7 @@ def test_cutout_rate_matches_expectation(key):
     assert abs(filled.mean() - expected) < 5 * filled.std() / np.sqrt(n)
 
 
+@pytest.mark.slow
 def test_cutout_transforms_and_dtypes(key):
     x = _x((4, 8, 8, 3), jnp.bfloat16)
     y = jaxdrop.cutout(key, x, 3, fill=jnp.float32(-1.0))
@@ -282,6 +299,7 @@ def _params():
     }
 
 
+@pytest.mark.slow
 def test_dropconnect_masks_only_weight_matrices_each_with_its_own_mask(key):
     params = _params()
     out = jaxdrop.dropconnect(key, params, 0.5)

@@ -174,6 +174,7 @@ class LinenNet(nn.Module):
         return jaxdrop.linen.DropConnect(nn.Dense(2), 0.5)(x, deterministic=not train)
 
 
+@pytest.mark.slow
 def test_linen_modules_in_a_jitted_train_step(key):
     model, labels = LinenNet(), jnp.array([0, 1, 0, 1])
     params = model.init(key, X, train=False)["params"]
@@ -219,6 +220,7 @@ class NnxNet(nnx.Module):
         return self.head(self.dropout(x.reshape(x.shape[0], -1)))
 
 
+@pytest.mark.slow
 def test_nnx_modules_in_a_jitted_train_step():
     model, labels = NnxNet(nnx.Rngs(params=0, dropout=1)), jnp.array([0, 1, 0, 1])
     param_paths = {path for path, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))}

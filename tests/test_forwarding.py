@@ -93,6 +93,7 @@ def test_the_table_covers_every_public_function_and_option():
         assert changed == set(defaults), (name, set(defaults) - changed)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, row", [r for r in ROWS if r[0] != "dropconnect"])
 def test_every_option_changes_the_output(key, name, row):
     # Otherwise a module that drops the option would still match the function.
@@ -108,8 +109,18 @@ def test_every_option_changes_the_output(key, name, row):
             assert not np.array_equal(y, other), option
 
 
-@pytest.mark.parametrize("name, row", [r for r in ROWS if r[0] != "dropconnect"])
-@pytest.mark.parametrize("framework", ["linen", "nnx", "equinox"])
+# linen's dropout and dropblock (the slowest) only in the full run.
+@pytest.mark.parametrize(
+    "framework, name, row",
+    [
+        pytest.param(f, *r, marks=pytest.mark.slow)
+        if f == "linen" and r in (("dropout", 0), ("dropblock", 0))
+        else (f, *r)
+        for f in ("linen", "nnx", "equinox")
+        for r in ROWS
+        if r[0] != "dropconnect"
+    ],
+)
 def test_module_matches_its_function(key, framework, name, row):
     args, rows = CALLS[name]
     options = rows[row]

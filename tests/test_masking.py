@@ -39,6 +39,7 @@ def test_count_true_is_exact(shape):
     assert float(count) == float(np.count_nonzero(mask))
 
 
+@pytest.mark.slow
 def test_count_true_of_all_true_rows_does_not_overflow_int8():
     # 127 ones per row is the int8 maximum; a 128th would wrap.
     for length in (127, 254):
@@ -46,6 +47,7 @@ def test_count_true_of_all_true_rows_does_not_overflow_int8():
         assert float(masking.count_true(mask)) == 2 * length * 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "shape, length, rows_shape",
     [
@@ -63,6 +65,7 @@ def test_row_counts_reduce_one_axis(shape, length, rows_shape):
     assert int(jnp.sum(rows)) == np.count_nonzero(mask)
 
 
+@pytest.mark.slow
 def test_xla_cpu_row_sums_is_a_sum():
     mask = random_mask((3, 127, 4), seed=2)
     rows = masking._xla_cpu_row_sums(jnp.asarray(mask), 1)

@@ -24,7 +24,9 @@ def _residual_bytes(vjp_fn) -> int:
     [
         (jnp.float32, {}),  # Default settings: per-channel masks, normalize="actual".
         (jnp.bfloat16, {}),
-        (jnp.float32, {"normalize": "expected", "broadcast_dims": (-1,)}),
+        pytest.param(
+            jnp.float32, {"normalize": "expected", "broadcast_dims": (-1,)}, marks=pytest.mark.slow
+        ),
     ],
 )
 def test_vjp_residuals_are_tiny(key, dtype, options):
@@ -38,6 +40,7 @@ def test_vjp_residuals_are_tiny(key, dtype, options):
     assert 0 < float(jnp.mean(y == 0)) < 0.2
 
 
+@pytest.mark.slow
 def test_traced_keep_prob_backward_matches_forward(key):
     x = jnp.ones((4, 28, 28, 32))
 

@@ -61,6 +61,7 @@ def test_linen_call_time_keep_prob_overrides_attribute():
     )
 
 
+@pytest.mark.slow
 def test_linen_in_jitted_grad_step():
     model = LinenNet()
     params = model.init(jax.random.key(0), X, train=False)
@@ -118,6 +119,7 @@ def test_nnx_without_rngs_needs_them_at_call_time():
         jaxdrop.nnx.DropBlock(0.8, 3, rngs=0)
 
 
+@pytest.mark.slow
 def test_nnx_in_jitted_grad_step():
     model = NNXNet(nnx.Rngs(0, dropout=1))
     optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)

@@ -43,6 +43,9 @@ from jax.sharding import PartitionSpec as P
 # jax.distributed.initialize afterwards.
 import jaxdrop
 
+# Every test here starts processes: slow (CI runs them all).
+pytestmark = pytest.mark.slow
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NUM_PROCESSES = 2
 LOCAL_DEVICES = 2
@@ -508,7 +511,6 @@ def test_run_all_stops_the_others_when_one_fails(tmp_path):
     assert time.monotonic() - start < 60
 
 
-@pytest.mark.slow
 def test_launcher_runs_the_example():
     # The one command the README documents, for a few steps.
     env = worker_env(1)

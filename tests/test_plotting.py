@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.image  # noqa: E402
 
 
+@pytest.mark.slow
 def test_image_layout_png_size(tmp_path):
     x = np.asarray(jax.random.uniform(jax.random.key(1), (24, 36, 3)) * 255).astype(np.uint8)
     path = tmp_path / "masks.png"
@@ -27,6 +28,7 @@ def test_image_layout_png_size(tmp_path):
     assert len(fig.axes) == 6
 
 
+@pytest.mark.slow
 def test_feature_layout_png_size(tmp_path):
     x = jax.random.normal(jax.random.key(1), (16, 16, 8))
     path = tmp_path / "features.png"
@@ -39,6 +41,7 @@ def test_feature_layout_png_size(tmp_path):
     assert red.any()
 
 
+@pytest.mark.slow
 def test_grey_2d_input():
     fig = jaxdrop.plot_masks(jax.random.key(0), np.ones((12, 12), np.float32), block_sizes=(3,))
     assert (

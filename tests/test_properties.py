@@ -395,6 +395,7 @@ def inject_nonfinite(x: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return dirty, bad
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(ALL_CASES))
 @EXACT
 @given(
@@ -426,6 +427,7 @@ def test_matches_oracle(name, data, dtype, nonfinite, seed):
         assert np.all(np.isfinite(y_dirty[~bad].astype(np.float32)))
 
 
+@pytest.mark.slow
 @settings(max_examples=4, deadline=None)
 @given(case=dropconnect_cases(), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**31 - 1))
 def test_dropconnect_matches_oracle(case, dtype, seed):
@@ -446,7 +448,13 @@ def test_dropconnect_matches_oracle(case, dtype, seed):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", list(ALL_CASES))
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.slow) if n in ("dropblock", "dropout") else n
+        for n in ALL_CASES
+    ],
+)
 @settings(max_examples=2, deadline=None)
 @given(data=st.data(), seed=st.integers(0, 2**31 - 1))
 def test_transformations(name, data, seed):
@@ -476,6 +484,7 @@ def test_transformations(name, data, seed):
         )
 
 
+@pytest.mark.slow
 @settings(max_examples=1, deadline=None)
 @given(case=dropconnect_cases(), seed=st.integers(0, 2**31 - 1))
 def test_dropconnect_transformations(case, seed):
@@ -532,6 +541,7 @@ def assert_independent(a: np.ndarray, b: np.ndarray) -> None:
     assert abs(cov) < 0.5 * var, (cov, var)
 
 
+@pytest.mark.slow
 @STATISTICAL
 @given(
     layout=layouts(),
@@ -569,6 +579,7 @@ def test_dropblock_rate_and_independence(layout, block, keep_prob, calibrate, se
         assert_independent(kept[:, 0], kept[:, 1])
 
 
+@pytest.mark.slow
 @STATISTICAL
 @given(
     name=st.sampled_from(["dropout", "spatial_dropout", "drop_path"]),
@@ -590,6 +601,7 @@ def test_unitwise_rate_and_independence(name, keep_prob, seed):
         assert_independent(kept[..., 0], kept[..., 1])
 
 
+@pytest.mark.slow
 @STATISTICAL
 @given(
     size=st.sampled_from([2, 3, 5]),
@@ -683,6 +695,7 @@ def jitted(name: str):
     return jax.jit(KEEP_PROB_METHODS[name])
 
 
+@pytest.mark.slow
 @settings(max_examples=15, deadline=None)
 @given(
     name=st.sampled_from(list(KEEP_PROB_METHODS)),
@@ -716,7 +729,15 @@ ALL_METHODS = KEEP_PROB_METHODS | {
 }
 
 
-@pytest.mark.parametrize("name", list(ALL_METHODS))
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.slow)
+        if n.startswith("dropblock") or n in ("dropout", "cutout")
+        else n
+        for n in ALL_METHODS
+    ],
+)
 def test_reused_key_gives_the_same_mask(name):
     # jaxdrop is a pure function of the key: a caller who passes the same key twice gets the
     # same mask twice (here on two different inputs), which silently correlates the layers or
@@ -766,6 +787,7 @@ def test_python_keep_prob_one_returns_x_itself(name):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @settings(max_examples=6, deadline=None)
 @given(
     layout=layouts(),

@@ -151,6 +151,7 @@ def test_layout_keeps_the_batch_axis_and_merges_short_rows():
         sampling.sparse_plan((4, 100), 1, 0.01, max_row=2**24)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gamma", [0.003, 0.05])
 def test_sparse_and_dense_are_binomial(gamma):
     cap = 1.25 * gamma
@@ -193,6 +194,7 @@ def test_edges_of_gamma(gamma_cap):
         assert bool(draw(jnp.float32(1.0)).all())
 
 
+@pytest.mark.slow
 def test_sampler_is_the_same_eager_jitted_and_batched():
     # The per-platform choice (a platform_dependent case) must not change the bits: eager,
     # jitted and vmapped calls give the bits of a jitted call per example, for a key batched on
@@ -217,6 +219,7 @@ def test_sampler_is_the_same_eager_jitted_and_batched():
     assert 0 < over_gamma[0].sum() < over_gamma[1].sum()  # The gammas are not swapped.
 
 
+@pytest.mark.slow
 def test_sub_rows_are_independent_and_cover_the_row():
     # 2 rows of 10 501 positions in sub-rows of at most 1 000 (11 of 955, the last one padded).
     shape, gamma = (2, 10_501), 0.01
@@ -252,6 +255,7 @@ def test_gamma_bound_covers_the_float32_gamma(calibrate):
         assert np.all(np.diff(gammas) <= 0)
 
 
+@pytest.mark.slow
 def test_traced_keep_prob_across_the_range_of_gamma(key):
     # One compiled program per min_keep_prob, sparse with the bound and dense without, serves
     # gammas from about 0.0002 to the bound (keep_prob clipped up to min_keep_prob) without a
@@ -310,6 +314,7 @@ def _mask_fractions(key, shape, keep_prob, block, seed_cap):
     return np.asarray(make(key, jnp.float32(keep_prob)).mean(axis=(1, 2)).ravel())
 
 
+@pytest.mark.slow
 def test_dropblock_drop_rate_sparse_matches_dense_and_expectation():
     shape, keep_prob, block = (32, 28, 28, 64), 0.9, 7
     sizes, blocks = (28, 28), (7, 7)

@@ -175,6 +175,7 @@ def check_run(diffs):
     assert all(d > 1e-3 for d in diffs[STEPS // 2 :])
 
 
+@pytest.mark.slow
 def test_linen_schedule_one_trace():
     names = tuple(LINEN)
     model = LinenNet(names)
@@ -207,6 +208,7 @@ def test_linen_schedule_one_trace():
     check_run(diffs)
 
 
+@pytest.mark.slow
 def test_nnx_schedule_one_trace():
     names = list(NNX)
     model = NnxNet(names, nnx.Rngs(0, dropout=1))

@@ -67,6 +67,7 @@ def random_array_shapes(devices: int) -> dict[str, list[str]]:
     return shapes
 
 
+@pytest.mark.slow
 def test_per_device_draws_do_not_depend_on_the_device_count():
     # The sampler draws per row (example), and the partitioner splits the rows with the batch:
     # a device draws the same random arrays whether it is one of 1 or of 16 devices. (The 0.1
@@ -191,9 +192,12 @@ def inputs(layout: str) -> np.ndarray:
 
 # Every method on the 2-D mesh; the 1-D mesh (8 batch shards) for a representative few (and
 # for DropBlock's defaults in test_example_jit_matches_single_device).
-CASES = [(name, "batch+model") for name in METHODS] + [
-    (name, "batch") for name in ("dropblock-expected", "dropout", "cutout")
-]
+CASES = [
+    pytest.param(name, "batch+model", marks=pytest.mark.slow)
+    if name in ("dropblock", "dropblock-nchw", "dropout")  # the slowest, only in the full run
+    else (name, "batch+model")
+    for name in METHODS
+] + [(name, "batch") for name in ("dropblock-expected", "dropout", "cutout")]
 
 
 @multi_device
@@ -229,6 +233,7 @@ def test_actual_normalization_is_one_scalar_all_reduce():
 
 
 @multi_device
+@pytest.mark.slow
 @pytest.mark.parametrize("normalize", ["actual"])
 def test_sharded_training_step(normalize):
     # A data-parallel gradient step with a traced keep_prob (a schedule's value): the backward
@@ -380,6 +385,7 @@ def test_example_shard_map_per_device_keys_small_map():
     _check_per_device((16, 8, 8, 4))
 
 
+@pytest.mark.slow
 @multi_device
 def test_example_shard_map_per_device_keys_sparse_sampler():
     # 28 x 28 maps: the sparse sampler's tiers are used inside shard_map.
