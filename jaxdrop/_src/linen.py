@@ -276,6 +276,7 @@ class Cutout(nn.Module):
     """
 
     size: int | Sequence[int]
+    _: dataclasses.KW_ONLY
     spatial_dims: int | Sequence[int] = (-3, -2)
     num_patches: int = 1
     fill: float = 0.0
