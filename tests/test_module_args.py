@@ -120,13 +120,22 @@ def test_python_rate_stays_a_python_float():
     np.testing.assert_array_equal(jeqx.Dropout(rate=0.0)(X_EQX), X_EQX)
 
 
-def test_linen_modules_survive_clone_and_share_scope(key):
+def test_linen_modules_survive_clone_remat_and_share_scope(key):
     layer = jaxdrop.linen.DropBlock(rate=0.1, block_size=3)
     np.testing.assert_array_equal(
         layer.clone().apply({}, X, False, key), layer.apply({}, X, False, key)
     )
     with pytest.raises(TypeError, match="both"):
         layer.clone(keep_prob=0.9)  # The clone keeps rate=0.1.
+    # The subclasses Flax's transforms generate reject a bare number too.
+    with pytest.raises(TypeError, match=MESSAGE):
+        nn.remat(jaxdrop.linen.DropBlock)(0.9, block_size=3)
+    np.testing.assert_array_equal(
+        nn.remat(jaxdrop.linen.DropBlock)(rate=0.1, block_size=3, deterministic=False).apply(
+            {}, X, rngs={"dropout": key}
+        ),
+        layer.apply({}, X, False, rngs={"dropout": key}),
+    )
     wrapped = jaxdrop.linen.DropConnect(nn.Dense(3), rate=0.5)
     variables = wrapped.init(key, X, deterministic=True)
     assert jax.tree.map(jnp.shape, variables) == {"params": {"bias": (3,), "kernel": (4, 3)}}

@@ -20,14 +20,16 @@ def by_name(cls: _T) -> _T:
     write. ``inspect.signature`` still shows the original signature.
     """
     init = cls.__init__
-    # The positional parameters the class accepts, ``self`` excluded.
-    allowed = (
-        sum(
-            p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-            for p in inspect.signature(init).parameters.values()
-        )
-        - 1
-    )
+    # The positional parameters the class accepts (``self`` excluded), up to the probability. A
+    # subclass that a Flax transform generates (``nn.remat(DropBlock)``) has positional
+    # ``parent`` and ``name`` again, which must not take a bare number either.
+    names = [
+        p.name
+        for p in inspect.signature(init).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ][1:]
+    stops = [i for i, n in enumerate(names) if n in ("keep_prob", "rate", "parent", "name")]
+    allowed = stops[0] if stops else len(names)
     name = cls.__name__
 
     @functools.wraps(init)

@@ -64,13 +64,18 @@ def training_key(
 class Stochastic(nn.Module):
     """Base of the linen modules with a drop probability: checks ``keep_prob`` / ``rate``."""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Here rather than as a decorator, so that the subclasses Flax's transforms generate
+        # (``nn.remat(DropBlock)``) reject a bare probability too.
+        by_name(cls)
+
     def __post_init__(self) -> None:
         # Both spellings at once fail here, at construction, not at the first call.
         checks.module_keep_prob(self, optional=True)
         super().__post_init__()
 
 
-@by_name
 class DropBlock(Stochastic, kw_only=True):
     """DropBlock as a linen module: the arguments are :func:`jaxdrop.dropblock`'s, by name.
 
@@ -124,7 +129,6 @@ class DropBlock(Stochastic, kw_only=True):
         )
 
 
-@by_name
 class Dropout(Stochastic, kw_only=True):
     """Dropout as a linen module: the arguments are :func:`jaxdrop.dropout`'s, by name.
 
@@ -168,7 +172,6 @@ class Dropout(Stochastic, kw_only=True):
         )
 
 
-@by_name
 class SpatialDropout(Stochastic, kw_only=True):
     """SpatialDropout as a linen module: the arguments are :func:`jaxdrop.spatial_dropout`'s,
     by name.
@@ -210,7 +213,6 @@ class SpatialDropout(Stochastic, kw_only=True):
         )
 
 
-@by_name
 class DropPath(Stochastic, kw_only=True):
     """DropPath (stochastic depth) as a linen module: the arguments are
     :func:`jaxdrop.drop_path`'s, by name.
@@ -305,7 +307,6 @@ def _call_layer(module: DropConnect, *args: Any, **kwargs: Any) -> Any:
     return module.layer(*args, **kwargs)
 
 
-@by_name
 class DropConnect(Stochastic):
     """DropConnect around a layer: the arguments are :func:`jaxdrop.dropconnect`'s, by name.
 
