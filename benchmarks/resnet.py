@@ -6,7 +6,7 @@ block of groups 3 and 4: with stages ``[3, 4, 6, 3]`` that is ``3 * (6 + 3) = 27
 
 - ``"none"``: nothing;
 - ``"flax"``: ``flax.linen.Dropout(rate=1 - keep_prob)``;
-- ``"dropblock"``: ``jaxdrop.linen.DropBlock(keep_prob, block_size)``, with the call-time
+- ``"dropblock"``: ``jaxdrop.linen.DropBlock(keep_prob=..., block_size=...)``, with the call-time
   ``keep_prob`` when the model gets one (a schedule's traced value);
 - ``"dropblock-min"``: the same with ``min_keep_prob=keep_prob`` (the static seed budget for a
   traced keep_prob), where the module has that field.
@@ -49,7 +49,7 @@ class Regularizer(nn.Module):
             return nn.Dropout(rate=1.0 - self.keep_prob, deterministic=False)(x)
         options = {"min_keep_prob": self.keep_prob} if self.kind == "dropblock-min" else {}
         layer = jaxdrop.linen.DropBlock(
-            self.keep_prob, self.block_size, deterministic=False, **options
+            keep_prob=self.keep_prob, block_size=self.block_size, deterministic=False, **options
         )
         return layer(x, keep_prob=keep_prob)
 

@@ -59,9 +59,13 @@ class Net(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, keep_probs: jax.Array, train: bool) -> jax.Array:
         x = nn.relu(nn.Conv(16, (3, 3))(x))
-        x = jaxdrop.linen.DropBlock(1.0, 3)(x, not train, keep_prob=keep_probs[0])
+        x = jaxdrop.linen.DropBlock(keep_prob=1.0, block_size=3)(
+            x, not train, keep_prob=keep_probs[0]
+        )
         x = nn.relu(nn.Conv(32, (3, 3), strides=2)(x))
-        x = jaxdrop.linen.DropBlock(1.0, 3)(x, not train, keep_prob=keep_probs[1])
+        x = jaxdrop.linen.DropBlock(keep_prob=1.0, block_size=3)(
+            x, not train, keep_prob=keep_probs[1]
+        )
         return nn.Dense(10)(x.reshape(x.shape[0], -1))
 
 

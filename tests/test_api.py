@@ -5,7 +5,9 @@
 - Every parameter with a default, in every public function, is keyword-only.
 - The modules' fields and constructor arguments come in the order of their function's arguments,
   with the same names and defaults (the Equinox modules: the defaults of one channels-first
-  example), then the wrapper's own (``inference`` last for Equinox).
+  example), then the wrapper's own (``inference`` last for Equinox). The probability is
+  ``keep_prob=None, rate=None`` (either spelling, or neither when it comes at call time), and a
+  module with a probability takes every argument by name, apart from DropConnect's ``layer``.
 """
 
 import dataclasses
@@ -116,8 +118,25 @@ def _function_args(module_name):
     params = list(inspect.signature(fn).parameters.values())[1:]
     if module_name == "DropConnect":
         # DropConnect wraps a layer instead of taking a parameter tree.
-        return [("layer", P.empty)] + [(p.name, p.default) for p in params[1:]]
-    return [(p.name, p.default) for p in params[1:]]
+        args = [("layer", P.empty)] + [(p.name, p.default) for p in params[1:]]
+    else:
+        args = [(p.name, p.default) for p in params[1:]]
+    # The modules take the probability by name, either spelling, or neither at construction.
+    out = []
+    for n, d in args:
+        out += [("keep_prob", None), ("rate", None)] if n == "keep_prob" else [(n, d)]
+    return out
+
+
+def _check_keyword_only(name, params):
+    """A module with a probability takes its arguments by name (DropConnect's ``layer`` aside);
+    Cutout, which has none, takes its required ``size`` positionally, as its function."""
+    has_probability = "keep_prob" in [p.name for p in params]
+    for p in params:
+        if p.name == "layer" or (not has_probability and p.default is P.empty):
+            assert p.kind in POSITIONAL, f"{name}.{p.name}"
+        else:
+            assert p.kind == P.KEYWORD_ONLY, f"{name}.{p.name}"
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -130,6 +149,8 @@ def test_linen_fields_follow_the_function(name):
     ]
     assert [n for n, _ in fields[-2:]] == list(WRAPPER_ARGS)
     assert fields[:-2] == _function_args(name)
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    _check_keyword_only(name, [p for p in params if p.name not in ("parent", "name")])
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -139,9 +160,7 @@ def test_nnx_arguments_follow_the_function(name):
     assert [p.name for p in params[-3:]] == [*WRAPPER_ARGS, "rngs"]
     args = params[:-3]
     assert [(p.name, p.default) for p in args] == _function_args(name)
-    for p in args:
-        # Required arguments positional, options keyword-only, as in the function.
-        assert (p.kind == P.KEYWORD_ONLY) == (p.default is not P.empty), f"{name}.{p.name}"
+    _check_keyword_only(name, params)
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -157,22 +176,21 @@ def test_equinox_fields_follow_the_function(name):
     assert fields[:-1] == expected
     params = list(inspect.signature(cls.__init__).parameters.values())[1:]
     assert [(p.name, p.default) for p in params] == fields
-    for p in params:
-        # Required arguments positional, options keyword-only, as in the function.
-        assert (p.kind == P.KEYWORD_ONLY) == (p.default is not P.empty), f"{name}.{p.name}"
+    _check_keyword_only(name, params)
     # Configuration is static (part of the jit cache key, as eqx.nn.Conv's kernel_size); the
     # numeric values (keep_prob, fill), the layer and `inference` are leaves, as in eqx.nn.Dropout.
     static = {f.name for f in dataclasses.fields(cls) if f.metadata.get("static", False)}
-    numeric = {"keep_prob", "fill", "layer", "inference"}
+    numeric = {"keep_prob", "rate", "fill", "layer", "inference"}
     assert static == {f.name for f in dataclasses.fields(cls)} - numeric, name
 
 
 @pytest.mark.parametrize("name", MODULES)
 def test_equinox_call_signature(name):
-    """``__call__(x, *, key=None, inference=None, keep_prob=None)``, as eqx.nn.Dropout's."""
+    """``__call__(x, *, key=None, inference=None, keep_prob=None, rate=None)``, as
+    eqx.nn.Dropout's plus the probability."""
     call = list(inspect.signature(getattr(jaxdrop.equinox, name).__call__).parameters.values())
     has_keep_prob = "keep_prob" in [n for n, _ in _function_args(name)]
-    options = ["key", "inference"] + (["keep_prob"] if has_keep_prob else [])
+    options = ["key", "inference"] + (["keep_prob", "rate"] if has_keep_prob else [])
     if name == "DropConnect":
         # The layer's own arguments pass through.
         assert [(p.name, p.kind) for p in call[1:2]] == [("args", P.VAR_POSITIONAL)]
@@ -189,13 +207,16 @@ def test_equinox_call_signature(name):
 
 @pytest.mark.parametrize("name", MODULES)
 def test_call_time_overrides(name):
-    """Every module with a keep_prob takes a call-time `keep_prob=` (a traced schedule value)."""
+    """Every module with a keep_prob takes a call-time `keep_prob=` or `rate=` (a traced schedule
+    value), keyword-only."""
     has_keep_prob = "keep_prob" in [n for n, _ in _function_args(name)]
     for cls in (getattr(jaxdrop.linen, name), getattr(jaxdrop.nnx, name)):
         call = inspect.signature(cls.__call__).parameters
-        assert ("keep_prob" in call) == has_keep_prob
-        if has_keep_prob:
-            assert call["keep_prob"].kind == P.KEYWORD_ONLY
+        for spelling in ("keep_prob", "rate"):
+            assert (spelling in call) == has_keep_prob
+            if has_keep_prob:
+                assert call[spelling].kind == P.KEYWORD_ONLY
+                assert call[spelling].default is None
         assert call["deterministic"].default is None
 
 
@@ -225,3 +246,16 @@ def test_per_method_tables_cover_every_method():
     assert takes_x <= names(test_properties.ALL_CASES), takes_x - names(test_properties.ALL_CASES)
     assert with_keep_prob <= names(test_properties.KEEP_PROB_METHODS)
     assert takes_x <= names(test_sharding.METHODS), takes_x - names(test_sharding.METHODS)
+
+
+@pytest.mark.parametrize("name", [m for m in MODULES if m != "DropConnect"])
+def test_linen_call_takes_flax_order(name):
+    """``layer(x, deterministic, rng)``, as ``flax.linen.Dropout.__call__(inputs, deterministic,
+    rng)``; DropConnect passes its positional arguments to the layer instead."""
+    call = list(inspect.signature(getattr(jaxdrop.linen, name).__call__).parameters.values())
+    assert [(p.name, p.kind in POSITIONAL) for p in call[:4]] == [
+        ("self", True),
+        ("x", True),
+        ("deterministic", True),
+        ("rng", True),
+    ]

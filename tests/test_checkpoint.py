@@ -59,7 +59,7 @@ def batch(step: int) -> tuple[np.ndarray, np.ndarray]:
 class NnxNet(nnx.Module):
     def __init__(self, rngs: nnx.Rngs):
         self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
-        self.drop = jaxdrop.nnx.DropBlock(1.0, 3, rngs=rngs)
+        self.drop = jaxdrop.nnx.DropBlock(keep_prob=1.0, block_size=3, rngs=rngs)
         self.head = nnx.Linear(4, 3, rngs=rngs)
 
     def __call__(self, x, keep_prob):
@@ -139,7 +139,7 @@ class LinenNet(nn.Module):
     @nn.compact
     def __call__(self, x, keep_prob, train: bool):
         h = 1.0 + nn.relu(nn.Conv(4, (3, 3))(x))
-        y = jaxdrop.linen.DropBlock(1.0, 3)(h, not train, keep_prob=keep_prob)
+        y = jaxdrop.linen.DropBlock(keep_prob=1.0, block_size=3)(h, not train, keep_prob=keep_prob)
         return nn.Dense(3)(y.mean(axis=(1, 2))), y == 0
 
 

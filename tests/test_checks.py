@@ -114,17 +114,17 @@ def test_key_first_covers_every_function_that_takes_a_key():
 
 
 LINEN_MODULES = {
-    "DropBlock": jaxdrop.linen.DropBlock(1.0, 3),
-    "Dropout": jaxdrop.linen.Dropout(1.0),
-    "SpatialDropout": jaxdrop.linen.SpatialDropout(1.0),
-    "DropPath": jaxdrop.linen.DropPath(1.0),
+    "DropBlock": jaxdrop.linen.DropBlock(keep_prob=1.0, block_size=3),
+    "Dropout": jaxdrop.linen.Dropout(keep_prob=1.0),
+    "SpatialDropout": jaxdrop.linen.SpatialDropout(keep_prob=1.0),
+    "DropPath": jaxdrop.linen.DropPath(keep_prob=1.0),
     "Cutout": jaxdrop.linen.Cutout(2, num_patches=0),
 }
 NNX_MODULES = {
-    "DropBlock": lambda: jaxdrop.nnx.DropBlock(1.0, 3),
-    "Dropout": lambda: jaxdrop.nnx.Dropout(1.0),
-    "SpatialDropout": lambda: jaxdrop.nnx.SpatialDropout(1.0),
-    "DropPath": lambda: jaxdrop.nnx.DropPath(1.0),
+    "DropBlock": lambda: jaxdrop.nnx.DropBlock(keep_prob=1.0, block_size=3),
+    "Dropout": lambda: jaxdrop.nnx.Dropout(keep_prob=1.0),
+    "SpatialDropout": lambda: jaxdrop.nnx.SpatialDropout(keep_prob=1.0),
+    "DropPath": lambda: jaxdrop.nnx.DropPath(keep_prob=1.0),
     "Cutout": lambda: jaxdrop.nnx.Cutout(2, num_patches=0),
 }
 
@@ -285,21 +285,21 @@ def test_check_python_keep_prob(value, error, match):
 # --- modules: keep_prob from the call or the constructor -----------------------------------------
 
 LINEN_WITHOUT_KEEP_PROB = {
-    "DropBlock": lambda: jaxdrop.linen.DropBlock(None, 3),
-    "Dropout": lambda: jaxdrop.linen.Dropout(None),
-    "SpatialDropout": lambda: jaxdrop.linen.SpatialDropout(None),
-    "DropPath": lambda: jaxdrop.linen.DropPath(None),
+    "DropBlock": lambda: jaxdrop.linen.DropBlock(keep_prob=None, block_size=3),
+    "Dropout": lambda: jaxdrop.linen.Dropout(keep_prob=None),
+    "SpatialDropout": lambda: jaxdrop.linen.SpatialDropout(keep_prob=None),
+    "DropPath": lambda: jaxdrop.linen.DropPath(keep_prob=None),
 }
 NNX_WITHOUT_KEEP_PROB = {
-    "DropBlock": lambda: jaxdrop.nnx.DropBlock(None, 3),
-    "Dropout": lambda: jaxdrop.nnx.Dropout(None),
-    "SpatialDropout": lambda: jaxdrop.nnx.SpatialDropout(None),
-    "DropPath": lambda: jaxdrop.nnx.DropPath(None),
+    "DropBlock": lambda: jaxdrop.nnx.DropBlock(keep_prob=None, block_size=3),
+    "Dropout": lambda: jaxdrop.nnx.Dropout(keep_prob=None),
+    "SpatialDropout": lambda: jaxdrop.nnx.SpatialDropout(keep_prob=None),
+    "DropPath": lambda: jaxdrop.nnx.DropPath(keep_prob=None),
 }
 
 
 def _message(call) -> str:
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(TypeError) as info:
         call()
     return str(info.value)
 
@@ -308,22 +308,22 @@ def _message(call) -> str:
 def test_module_without_keep_prob_says_what_to_pass(name, key):
     linen = _message(lambda: LINEN_WITHOUT_KEEP_PROB[name]().apply({}, X, False, rng=key))
     nnx_ = _message(lambda: NNX_WITHOUT_KEEP_PROB[name]()(X, rngs=key))
-    assert f"No `keep_prob` was provided to {name} " in linen
+    assert f"{name} has no drop probability" in linen and "keep_prob = 1 - rate" in linen
     assert f"`{name}(keep_prob=0.9, ...)`" in linen and "`layer(x, keep_prob=0.9)`" in linen
     assert nnx_ == linen  # one helper, one message
     # A call-time keep_prob is enough.
     y = LINEN_WITHOUT_KEEP_PROB[name]().apply({}, X, False, rng=key, keep_prob=1.0)
     np.testing.assert_array_equal(y, X)
-    np.testing.assert_array_equal(NNX_WITHOUT_KEEP_PROB[name]()(X, rngs=key, keep_prob=1.0), X)
+    np.testing.assert_array_equal(NNX_WITHOUT_KEEP_PROB[name]()(X, rngs=key, rate=0.0), X)
 
 
 def test_dropconnect_modules_without_keep_prob(key):
     x = jnp.ones((2, 4))
-    layer = jaxdrop.linen.DropConnect(nn.Dense(3), None)
+    layer = jaxdrop.linen.DropConnect(nn.Dense(3), keep_prob=None)
     variables = layer.init(key, x, deterministic=True)
     message = _message(lambda: layer.apply(variables, x, deterministic=False, rng=key))
-    assert "No `keep_prob` was provided to DropConnect " in message
-    nnx_layer = jaxdrop.nnx.DropConnect(nnx.Linear(4, 3, rngs=nnx.Rngs(0)), None)
+    assert "DropConnect has no drop probability" in message
+    nnx_layer = jaxdrop.nnx.DropConnect(nnx.Linear(4, 3, rngs=nnx.Rngs(0)), keep_prob=None)
     assert _message(lambda: nnx_layer(x, rngs=key)) == message
 
 

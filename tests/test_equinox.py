@@ -21,30 +21,32 @@ HWC = jnp.moveaxis(X, 0, -1)
 # name: (module, the function with the same arguments; `x` is one example).
 MODULES = {
     "DropBlock": (
-        jeqx.DropBlock(0.7, 3, calibrate=True, min_keep_prob=0.5),
+        jeqx.DropBlock(keep_prob=0.7, block_size=3, calibrate=True, min_keep_prob=0.5),
         lambda k, x: jaxdrop.dropblock(
             k, x, 0.7, 3, spatial_dims=(-2, -1), calibrate=True, min_keep_prob=0.5
         ),
     ),
     "DropBlock-HWC": (
-        jeqx.DropBlock(0.7, (3, 2), spatial_dims=[-3, -2], normalize="expected"),
+        jeqx.DropBlock(
+            keep_prob=0.7, block_size=(3, 2), spatial_dims=[-3, -2], normalize="expected"
+        ),
         lambda k, x: jaxdrop.dropblock(k, x, 0.7, (3, 2), normalize="expected"),
     ),
     "Dropout": (
-        jeqx.Dropout(0.5, broadcast_dims=-1),
+        jeqx.Dropout(keep_prob=0.5, broadcast_dims=-1),
         lambda k, x: jaxdrop.dropout(k, x, 0.5, broadcast_dims=-1),
     ),
     "SpatialDropout": (
-        jeqx.SpatialDropout(0.5),
+        jeqx.SpatialDropout(keep_prob=0.5),
         lambda k, x: jaxdrop.spatial_dropout(k, x, 0.5, spatial_dims=(-2, -1)),
     ),
     # One draw per call: per example under vmap.
     "DropPath": (
-        jeqx.DropPath(0.5),
+        jeqx.DropPath(keep_prob=0.5),
         lambda k, x: jaxdrop.drop_path(k, x, 0.5, mode="batch"),
     ),
     "DropPath-row": (
-        jeqx.DropPath(0.5, mode="row", scale_by_keep=False, batch_axis=1),
+        jeqx.DropPath(keep_prob=0.5, mode="row", scale_by_keep=False, batch_axis=1),
         lambda k, x: jaxdrop.drop_path(k, x, 0.5, scale_by_keep=False, batch_axis=1),
     ),
     # One example: the function on x[None], so the channels share the patches.
@@ -120,48 +122,48 @@ def test_training_without_a_key_raises(name):
 @pytest.mark.slow
 def test_keep_prob_one_needs_no_key_and_call_time_keep_prob_overrides(key):
     # As eqx.nn.Dropout with p=0: nothing is dropped, so no key is needed.
-    assert jeqx.DropBlock(1.0, 3)(X) is X
-    assert jeqx.DropBlock(0.5, 3)(X, keep_prob=1.0) is X
+    assert jeqx.DropBlock(keep_prob=1.0, block_size=3)(X) is X
+    assert jeqx.DropBlock(keep_prob=0.5, block_size=3)(X, keep_prob=1.0) is X
     np.testing.assert_array_equal(
-        jeqx.DropBlock(0.5, 3)(X, key=key, keep_prob=0.0), jnp.zeros_like(X)
+        jeqx.DropBlock(keep_prob=0.5, block_size=3)(X, key=key, keep_prob=0.0), jnp.zeros_like(X)
     )
     np.testing.assert_array_equal(
-        jeqx.Dropout(0.9)(X, key=key, keep_prob=0.3), jaxdrop.dropout(key, X, 0.3)
+        jeqx.Dropout(keep_prob=0.9)(X, key=key, keep_prob=0.3), jaxdrop.dropout(key, X, 0.3)
     )
     with pytest.raises(RuntimeError, match="DropPath requires a key"):
-        jeqx.DropPath(1.0)(X, keep_prob=jnp.float32(1.0))  # traced-able: no fast path
+        jeqx.DropPath(keep_prob=1.0)(X, keep_prob=jnp.float32(1.0))  # traced-able: no fast path
 
 
 def test_constructor_arguments_are_checked_early():
     with pytest.raises(ValueError, match="keep_prob"):
-        jeqx.DropBlock(1.5, 3)
+        jeqx.DropBlock(keep_prob=1.5, block_size=3)
     with pytest.raises(ValueError, match="block_size"):
-        jeqx.DropBlock(0.9, (3, 3, 3))  # two spatial dims by default
+        jeqx.DropBlock(keep_prob=0.9, block_size=(3, 3, 3))  # two spatial dims by default
     with pytest.raises(ValueError, match="block_size"):
-        jeqx.DropBlock(0.9, 0)
+        jeqx.DropBlock(keep_prob=0.9, block_size=0)
     with pytest.raises(ValueError, match="normalize"):
-        jeqx.DropBlock(0.9, 3, normalize="mean")
+        jeqx.DropBlock(keep_prob=0.9, block_size=3, normalize="mean")
     with pytest.raises(TypeError, match="calibrate"):
-        jeqx.DropBlock(0.9, 3, calibrate="yes")
+        jeqx.DropBlock(keep_prob=0.9, block_size=3, calibrate="yes")
     with pytest.raises(ValueError, match="keep_prob"):
-        jeqx.Dropout(-0.1)
+        jeqx.Dropout(keep_prob=-0.1)
     with pytest.raises(TypeError, match="keep_prob"):
-        jeqx.SpatialDropout("0.5")
+        jeqx.SpatialDropout(keep_prob="0.5")
     with pytest.raises(ValueError, match="mode"):
-        jeqx.DropPath(0.9, mode="example")
+        jeqx.DropPath(keep_prob=0.9, mode="example")
     with pytest.raises(TypeError, match="scale_by_keep"):
-        jeqx.DropPath(0.9, scale_by_keep=None)
+        jeqx.DropPath(keep_prob=0.9, scale_by_keep=None)
     with pytest.raises(ValueError, match="size"):
         jeqx.Cutout((4, 4), spatial_dims=-1)
     with pytest.raises(ValueError, match="num_patches"):
         jeqx.Cutout(4, num_patches=-1)
     with pytest.raises(TypeError, match="layer"):
-        jeqx.DropConnect(3, 0.5)
+        jeqx.DropConnect(3, keep_prob=0.5)
     with pytest.raises(ValueError, match="keep_prob"):
-        jeqx.DropConnect(eqx.nn.Linear(2, 2, key=jax.random.key(0)), 2.0)
+        jeqx.DropConnect(eqx.nn.Linear(2, 2, key=jax.random.key(0)), keep_prob=2.0)
     # What needs x's rank is checked by the function, at call time.
     with pytest.raises(ValueError, match="spatial_dims"):
-        jeqx.DropBlock(0.9, 3, spatial_dims=(0, 5))(X, key=jax.random.key(0))
+        jeqx.DropBlock(keep_prob=0.9, block_size=3, spatial_dims=(0, 5))(X, key=jax.random.key(0))
     with pytest.raises(ValueError, match="spatial_dims"):
         jeqx.Cutout(3, spatial_dims=(-4, -1))(X, key=jax.random.key(0))
     with pytest.raises(TypeError, match="`x` must have a floating dtype"):
@@ -183,11 +185,11 @@ class Net(eqx.Module):
         k1, k2 = jax.random.split(key)
         self.cut = jeqx.Cutout(4)
         self.conv = eqx.nn.Conv2d(3, 8, 3, padding=1, key=k1)
-        self.block = jeqx.DropBlock(0.8, 3)
-        self.spatial = jeqx.SpatialDropout(0.9)
-        self.path = jeqx.DropPath(0.8)
-        self.drop = jeqx.Dropout(0.9)
-        self.head = jeqx.DropConnect(eqx.nn.Linear(8, 2, key=k2), 0.8)
+        self.block = jeqx.DropBlock(keep_prob=0.8, block_size=3)
+        self.spatial = jeqx.SpatialDropout(keep_prob=0.9)
+        self.path = jeqx.DropPath(keep_prob=0.8)
+        self.drop = jeqx.Dropout(keep_prob=0.9)
+        self.head = jeqx.DropConnect(eqx.nn.Linear(8, 2, key=k2), keep_prob=0.8)
 
     def __call__(self, x, *, key=None):
         keys = (None,) * 6 if key is None else tuple(jax.random.split(key, 6))
@@ -273,7 +275,7 @@ def test_traced_call_time_keep_prob_does_not_retrace(key):
         y = module(x, key=key, keep_prob=keep_prob)
         return y, jnp.mean(y != 0)
 
-    module = jeqx.DropBlock(0.9, 3)
+    module = jeqx.DropBlock(keep_prob=0.9, block_size=3)
     outputs = [apply(module, X, key, jnp.float32(0.9))]
     with oracle.compilations() as compiled:
         outputs += [apply(module, X, key, jnp.float32(p)) for p in (0.5, 0.2)]
@@ -286,7 +288,7 @@ def test_traced_call_time_keep_prob_does_not_retrace(key):
     assert kept[0] > kept[1] > kept[2]
     # A keep_prob field that is a JAX array is a dynamic leaf too: changing it does not retrace.
     apply_field = eqx.filter_jit(lambda module, x, key: module(x, key=key))
-    dynamic = jeqx.Dropout(jnp.float32(0.9))
+    dynamic = jeqx.Dropout(keep_prob=jnp.float32(0.9))
     apply_field(dynamic, X, key)
     changed = eqx.tree_at(lambda m: m.keep_prob, dynamic, jnp.float32(0.3))
     with oracle.compilations() as compiled:
@@ -295,7 +297,9 @@ def test_traced_call_time_keep_prob_does_not_retrace(key):
 
 
 def test_lists_become_hashable_static_fields(key):
-    module = jeqx.DropBlock(0.8, [3, 3], spatial_dims=[1, 2], broadcast_dims=[0])
+    module = jeqx.DropBlock(
+        keep_prob=0.8, block_size=[3, 3], spatial_dims=[1, 2], broadcast_dims=[0]
+    )
     assert module.block_size == (3, 3) and module.spatial_dims == (1, 2)
     y = eqx.filter_jit(lambda m, x, k: m(x, key=k))(module, X, key)
     np.testing.assert_array_equal(
@@ -317,7 +321,7 @@ def _by_name(name):
 )
 def test_dropconnect_masks_the_weight_only(make_layer, x, key):
     layer = make_layer(jax.random.key(5))
-    module = jeqx.DropConnect(layer, 0.5)
+    module = jeqx.DropConnect(layer, keep_prob=0.5)
     # Its arrays are exactly the layer's (the very same arrays).
     params = jax.tree.leaves(eqx.filter(module, eqx.is_array))
     assert len(params) == 2
@@ -343,7 +347,7 @@ def test_dropconnect_masks_the_weight_only(make_layer, x, key):
 def test_dropconnect_masked_weight_is_kept_entries_times_scale(key):
     layer = eqx.nn.Linear(64, 32, use_bias=False, key=jax.random.key(5))
     assert bool(jnp.all(layer.weight != 0))
-    module = jeqx.DropConnect(layer, 0.5)
+    module = jeqx.DropConnect(layer, keep_prob=0.5)
     # Linear on the basis vectors e_j, with one key: y_j = W' e_j is column j of the masked
     # weight, exactly (one nonzero product per output).
     columns = jax.vmap(lambda e: module(e, key=key))(jnp.eye(64))
@@ -354,5 +358,5 @@ def test_dropconnect_masked_weight_is_kept_entries_times_scale(key):
     # std is sqrt(0.25 / 2048) = 0.011, and 0.5 +- 0.05 is a 4.5-sigma band (fixed key).
     assert abs(float(jnp.mean(~dropped)) - 0.5) < 0.05
     # A custom `where` chooses the leaves: here none, so the layer runs unchanged.
-    nothing = jeqx.DropConnect(layer, 0.5, where=_by_name("kernel"))
+    nothing = jeqx.DropConnect(layer, keep_prob=0.5, where=_by_name("kernel"))
     np.testing.assert_array_equal(nothing(jnp.ones(64), key=key), layer(jnp.ones(64)))

@@ -17,18 +17,18 @@ X = jax.random.uniform(jax.random.key(7), (4, 8, 8, 3), jnp.float32, 0.5, 2.0)
 # name: (linen module, NNX module without rngs, the function with its arguments).
 UNIT_MODULES = {
     "Dropout": (
-        jaxdrop.linen.Dropout(0.5),
-        lambda rngs: jaxdrop.nnx.Dropout(0.5, rngs=rngs),
+        jaxdrop.linen.Dropout(keep_prob=0.5),
+        lambda rngs: jaxdrop.nnx.Dropout(keep_prob=0.5, rngs=rngs),
         lambda k, x: jaxdrop.dropout(k, x, 0.5),
     ),
     "SpatialDropout": (
-        jaxdrop.linen.SpatialDropout(0.5, spatial_dims=(1, 2)),
-        lambda rngs: jaxdrop.nnx.SpatialDropout(0.5, spatial_dims=(1, 2), rngs=rngs),
+        jaxdrop.linen.SpatialDropout(keep_prob=0.5, spatial_dims=(1, 2)),
+        lambda rngs: jaxdrop.nnx.SpatialDropout(keep_prob=0.5, spatial_dims=(1, 2), rngs=rngs),
         lambda k, x: jaxdrop.spatial_dropout(k, x, 0.5, spatial_dims=(1, 2)),
     ),
     "DropPath": (
-        jaxdrop.linen.DropPath(0.5, scale_by_keep=False),
-        lambda rngs: jaxdrop.nnx.DropPath(0.5, scale_by_keep=False, rngs=rngs),
+        jaxdrop.linen.DropPath(keep_prob=0.5, scale_by_keep=False),
+        lambda rngs: jaxdrop.nnx.DropPath(keep_prob=0.5, scale_by_keep=False, rngs=rngs),
         lambda k, x: jaxdrop.drop_path(k, x, 0.5, scale_by_keep=False),
     ),
     "Cutout": (
@@ -81,7 +81,7 @@ def test_call_time_keep_prob_overrides_without_retrace(key):
     x = jnp.ones((64, 16))
     # linen: a traced keep_prob at call time.
     apply = jax.jit(
-        lambda keep_prob: jaxdrop.linen.Dropout(0.5).apply(
+        lambda keep_prob: jaxdrop.linen.Dropout(keep_prob=0.5).apply(
             {}, x, False, keep_prob=keep_prob, rng=key
         )
     )
@@ -91,9 +91,9 @@ def test_call_time_keep_prob_overrides_without_retrace(key):
     assert compiled == []
     # NNX: same through nnx.jit, for every module with a keep_prob.
     layers = [
-        jaxdrop.nnx.Dropout(0.5, rngs=nnx.Rngs(dropout=0)),
-        jaxdrop.nnx.SpatialDropout(0.5, spatial_dims=(0,), rngs=nnx.Rngs(dropout=0)),
-        jaxdrop.nnx.DropPath(0.5, rngs=nnx.Rngs(dropout=0)),
+        jaxdrop.nnx.Dropout(keep_prob=0.5, rngs=nnx.Rngs(dropout=0)),
+        jaxdrop.nnx.SpatialDropout(keep_prob=0.5, spatial_dims=(0,), rngs=nnx.Rngs(dropout=0)),
+        jaxdrop.nnx.DropPath(keep_prob=0.5, rngs=nnx.Rngs(dropout=0)),
     ]
 
     @nnx.jit
@@ -153,7 +153,7 @@ def test_nnx_dropconnect_params_are_the_layer_params(key):
 
 def test_nnx_dropconnect_writes_back_the_layer_state():
     layer = nnx.Sequential(nnx.Linear(3, 4, rngs=nnx.Rngs(0)), nnx.BatchNorm(4, rngs=nnx.Rngs(0)))
-    wrapped = jaxdrop.nnx.DropConnect(layer, 0.5, rngs=nnx.Rngs(dropout=0))
+    wrapped = jaxdrop.nnx.DropConnect(layer, keep_prob=0.5, rngs=nnx.Rngs(dropout=0))
     wrapped(jnp.arange(12.0).reshape(4, 3))
     # BatchNorm's running mean moved, its scale and bias were not masked (1-D).
     assert bool(jnp.any(layer.layers[1].mean[...] != 0))
@@ -168,10 +168,10 @@ class LinenNet(nn.Module):
     def __call__(self, x, train: bool):
         x = jaxdrop.linen.Cutout(3)(x, not train)
         x = nn.Conv(4, (3, 3))(x)
-        x = jaxdrop.linen.SpatialDropout(0.8)(x, not train)
-        x = x + jaxdrop.linen.DropPath(0.8)(nn.relu(nn.Conv(4, (3, 3))(x)), not train)
-        x = jaxdrop.linen.Dropout(0.8)(x.reshape(x.shape[0], -1), not train)
-        return jaxdrop.linen.DropConnect(nn.Dense(2), 0.5)(x, deterministic=not train)
+        x = jaxdrop.linen.SpatialDropout(keep_prob=0.8)(x, not train)
+        x = x + jaxdrop.linen.DropPath(keep_prob=0.8)(nn.relu(nn.Conv(4, (3, 3))(x)), not train)
+        x = jaxdrop.linen.Dropout(keep_prob=0.8)(x.reshape(x.shape[0], -1), not train)
+        return jaxdrop.linen.DropConnect(nn.Dense(2), keep_prob=0.5)(x, deterministic=not train)
 
 
 @pytest.mark.slow
@@ -208,11 +208,11 @@ class NnxNet(nnx.Module):
     def __init__(self, rngs):
         self.cutout = jaxdrop.nnx.Cutout(3, rngs=rngs)
         self.conv0 = nnx.Conv(3, 4, (3, 3), rngs=rngs)
-        self.spatial = jaxdrop.nnx.SpatialDropout(0.8, rngs=rngs)
+        self.spatial = jaxdrop.nnx.SpatialDropout(keep_prob=0.8, rngs=rngs)
         self.conv1 = nnx.Conv(4, 4, (3, 3), rngs=rngs)
-        self.drop_path = jaxdrop.nnx.DropPath(0.8, rngs=rngs)
-        self.dropout = jaxdrop.nnx.Dropout(0.8, rngs=rngs)
-        self.head = jaxdrop.nnx.DropConnect(nnx.Linear(256, 2, rngs=rngs), 0.5, rngs=rngs)
+        self.drop_path = jaxdrop.nnx.DropPath(keep_prob=0.8, rngs=rngs)
+        self.dropout = jaxdrop.nnx.Dropout(keep_prob=0.8, rngs=rngs)
+        self.head = jaxdrop.nnx.DropConnect(nnx.Linear(256, 2, rngs=rngs), keep_prob=0.5, rngs=rngs)
 
     def __call__(self, x):
         x = self.spatial(self.conv0(self.cutout(x)))

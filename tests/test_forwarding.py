@@ -126,13 +126,16 @@ def test_module_matches_its_function(key, framework, name, row):
     options = rows[row]
     want = getattr(jaxdrop, name)(key, X, *args, **options)
     cls = CLASSES[name]
+    # The modules take every argument by name (a bare keep_prob could be read as a rate).
+    positional = list(inspect.signature(getattr(jaxdrop, name)).parameters)[2 : 2 + len(args)]
+    named = dict(zip(positional, args, strict=True)) | options
     if framework == "linen":
-        module = getattr(jaxdrop.linen, cls)(*args, **options)
+        module = getattr(jaxdrop.linen, cls)(**named)
         got = module.apply({}, X, deterministic=False, rng=key)
     elif framework == "nnx":
-        got = getattr(jaxdrop.nnx, cls)(*args, **options)(X, rngs=key)
+        got = getattr(jaxdrop.nnx, cls)(**named)(X, rngs=key)
     else:
-        got = getattr(jeqx, cls)(*args, **options)(X, key=key)
+        got = getattr(jeqx, cls)(**named)(X, key=key)
         if name == "cutout":
             # Equinox's Cutout sees one example: the function's call on x[None].
             spatial = tuple(d + 1 for d in options["spatial_dims"])
@@ -168,7 +171,7 @@ def test_dropconnect_modules_forward_where(key):
     assert not np.array_equal(masked["bias"], params["bias"])
     np.testing.assert_array_equal(masked["kernel"], params["kernel"])
 
-    linen = jaxdrop.linen.DropConnect(nn.Dense(16), keep_prob, **options)
+    linen = jaxdrop.linen.DropConnect(nn.Dense(16), keep_prob=keep_prob, **options)
     got = linen.apply({"params": params}, x, deterministic=False, rng=key)
     np.testing.assert_array_equal(got, nn.Dense(16).apply({"params": masked}, x))
 
@@ -176,11 +179,11 @@ def test_dropconnect_modules_forward_where(key):
     linear.bias[...] = bias
     state = nnx.to_pure_dict(nnx.state(linear, nnx.Param))
     masked = jaxdrop.dropconnect(key, state, keep_prob, **options)
-    got = jaxdrop.nnx.DropConnect(linear, keep_prob, **options)(x, rngs=key)
+    got = jaxdrop.nnx.DropConnect(linear, keep_prob=keep_prob, **options)(x, rngs=key)
     np.testing.assert_array_equal(got, x @ masked["kernel"] + masked["bias"][None])
 
     layer = eqx.nn.Linear(6, 16, key=jax.random.key(2))
     arrays, rest = eqx.partition(layer, eqx.is_array)
     masked = jaxdrop.dropconnect(key, arrays, keep_prob, **options)
-    got = jeqx.DropConnect(layer, keep_prob, **options)(x[0], key=key)
+    got = jeqx.DropConnect(layer, keep_prob=keep_prob, **options)(x[0], key=key)
     np.testing.assert_array_equal(got, eqx.combine(masked, rest)(x[0]))

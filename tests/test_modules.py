@@ -17,14 +17,14 @@ class LinenNet(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         x = nn.Conv(4, (3, 3))(x)
-        x = jaxdrop.linen.DropBlock(0.8, 3)(x, deterministic=not train)
+        x = jaxdrop.linen.DropBlock(keep_prob=0.8, block_size=3)(x, deterministic=not train)
         return nn.Dense(2)(x.mean(axis=(1, 2)))
 
 
 class NNXNet(nnx.Module):
     def __init__(self, rngs):
         self.conv = nnx.Conv(3, 4, (3, 3), rngs=rngs)
-        self.drop = jaxdrop.nnx.DropBlock(0.8, 3, rngs=rngs)
+        self.drop = jaxdrop.nnx.DropBlock(keep_prob=0.8, block_size=3, rngs=rngs)
         self.dense = nnx.Linear(4, 2, rngs=rngs)
 
     def __call__(self, x):
@@ -32,14 +32,14 @@ class NNXNet(nnx.Module):
 
 
 def test_linen_matches_function_and_merges_deterministic():
-    layer = jaxdrop.linen.DropBlock(0.8, 3, normalize="expected")
+    layer = jaxdrop.linen.DropBlock(keep_prob=0.8, block_size=3, normalize="expected")
     key = jax.random.key(0)
     y = layer.apply({}, X, deterministic=False, rngs={"dropout": key})
     # The key comes from make_rng("dropout"): kept units are x / keep_prob, the rest zeros.
     assert np.any(y == 0) and np.all((y == 0) | np.isclose(y, 1 / 0.8))
     np.testing.assert_array_equal(layer.apply({}, X, deterministic=True), X)
     np.testing.assert_array_equal(
-        jaxdrop.linen.DropBlock(0.8, 3, deterministic=True).apply({}, X), X
+        jaxdrop.linen.DropBlock(keep_prob=0.8, block_size=3, deterministic=True).apply({}, X), X
     )
     # An explicit rng gives exactly the function's output.
     np.testing.assert_array_equal(
@@ -49,11 +49,13 @@ def test_linen_matches_function_and_merges_deterministic():
     with pytest.raises(ValueError, match="deterministic"):
         layer.apply({}, X)  # neither attribute nor argument
     with pytest.raises(ValueError, match="deterministic"):
-        jaxdrop.linen.DropBlock(0.8, 3, deterministic=True).apply({}, X, deterministic=False)
+        jaxdrop.linen.DropBlock(keep_prob=0.8, block_size=3, deterministic=True).apply(
+            {}, X, deterministic=False
+        )
 
 
 def test_linen_call_time_keep_prob_overrides_attribute():
-    layer = jaxdrop.linen.DropBlock(0.8, 3)
+    layer = jaxdrop.linen.DropBlock(keep_prob=0.8, block_size=3)
     key = jax.random.key(1)
     np.testing.assert_array_equal(layer.apply({}, X, False, keep_prob=1.0, rng=key), X)
     np.testing.assert_array_equal(
@@ -94,7 +96,7 @@ def test_linen_in_jitted_grad_step():
 
 
 def test_nnx_train_eval_and_stream():
-    layer = jaxdrop.nnx.DropBlock(0.8, 3, rngs=nnx.Rngs(dropout=0))
+    layer = jaxdrop.nnx.DropBlock(keep_prob=0.8, block_size=3, rngs=nnx.Rngs(dropout=0))
     count = layer.rngs.count.get_value()
     y1, y2 = layer(X), layer(X)
     assert not np.array_equal(y1, y2)  # the stream advances on every call
@@ -111,12 +113,12 @@ def test_nnx_train_eval_and_stream():
 
 
 def test_nnx_without_rngs_needs_them_at_call_time():
-    layer = jaxdrop.nnx.DropBlock(0.8, 3)
+    layer = jaxdrop.nnx.DropBlock(keep_prob=0.8, block_size=3)
     with pytest.raises(ValueError, match="rngs"):
         layer(X)
     assert layer(X, rngs=nnx.Rngs(dropout=1)).shape == X.shape
     with pytest.raises(TypeError, match="rngs"):
-        jaxdrop.nnx.DropBlock(0.8, 3, rngs=0)
+        jaxdrop.nnx.DropBlock(keep_prob=0.8, block_size=3, rngs=0)
 
 
 @pytest.mark.slow

@@ -280,8 +280,10 @@ def compute_nnx_training(mesh, results, meta):
     class NnxNet(nnx.Module):
         def __init__(self, rngs):
             self.conv = nnx.Conv(3, 8, (3, 3), rngs=rngs)
-            self.drop = jaxdrop.nnx.DropBlock(1.0, 3, normalize="expected", rngs=rngs)
-            self.drop_path = jaxdrop.nnx.DropPath(0.8, rngs=rngs)
+            self.drop = jaxdrop.nnx.DropBlock(
+                keep_prob=1.0, block_size=3, normalize="expected", rngs=rngs
+            )
+            self.drop_path = jaxdrop.nnx.DropPath(keep_prob=0.8, rngs=rngs)
             self.head = nnx.Linear(8, 5, rngs=rngs)
 
         def __call__(self, x, kp):

@@ -117,11 +117,13 @@ LINEN = {
     "DropConnect": lambda cls: cls(nn.Conv(4, (3, 3)), keep_prob=0.5),
 }
 NNX = {
-    "DropBlock": lambda cls, rngs: cls(0.5, 3, rngs=rngs),
-    "Dropout": lambda cls, rngs: cls(0.5, rngs=rngs),
-    "SpatialDropout": lambda cls, rngs: cls(0.5, rngs=rngs),
-    "DropPath": lambda cls, rngs: cls(0.5, rngs=rngs),
-    "DropConnect": lambda cls, rngs: cls(nnx.Conv(4, 4, (3, 3), rngs=rngs), 0.5, rngs=rngs),
+    "DropBlock": lambda cls, rngs: cls(keep_prob=0.5, block_size=3, rngs=rngs),
+    "Dropout": lambda cls, rngs: cls(keep_prob=0.5, rngs=rngs),
+    "SpatialDropout": lambda cls, rngs: cls(keep_prob=0.5, rngs=rngs),
+    "DropPath": lambda cls, rngs: cls(keep_prob=0.5, rngs=rngs),
+    "DropConnect": lambda cls, rngs: cls(
+        nnx.Conv(4, 4, (3, 3), rngs=rngs), keep_prob=0.5, rngs=rngs
+    ),
 }
 
 

@@ -114,11 +114,13 @@ class LinenResNet(nn.Module):
 
 def nnx_regulariser(kind: str, block_size: int, calibrate: bool, rngs: nnx.Rngs) -> nnx.Module:
     if kind == "dropout":
-        return jaxdrop.nnx.Dropout(1.0, rngs=rngs)
+        return jaxdrop.nnx.Dropout(keep_prob=1.0, rngs=rngs)
     if kind == "spatial_dropout":
-        return jaxdrop.nnx.SpatialDropout(1.0, rngs=rngs)
+        return jaxdrop.nnx.SpatialDropout(keep_prob=1.0, rngs=rngs)
     if kind == "dropblock":
-        return jaxdrop.nnx.DropBlock(1.0, block_size, calibrate=calibrate, rngs=rngs)
+        return jaxdrop.nnx.DropBlock(
+            keep_prob=1.0, block_size=block_size, calibrate=calibrate, rngs=rngs
+        )
     raise ValueError(f"`kind` must be one of {KINDS[1:]}, got {kind!r}.")
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import numbers
 from collections.abc import Sequence
-from typing import Any, TypeGuard, cast
+from typing import Any, Literal, TypeGuard, cast, overload
 
 import jax
 import jax.numpy as jnp
@@ -170,18 +170,61 @@ def first_from(*values: Any, error_msg: str) -> Any:
     raise ValueError(error_msg)
 
 
-def module_keep_prob(module: object, call_value: object) -> float | jax.Array:
-    """A module's ``keep_prob``: the call-time value if given, else the module's attribute."""
+# Every module's constructor and call say the same: the probability is given by name.
+KEEP_PROB_OR_RATE = (
+    "give the probability by name: `keep_prob=` (the probability of keeping a unit, the "
+    "functions' argument) or `rate=` (the probability of dropping one, as flax's `rate`, "
+    "Equinox's `p`, timm's `drop_prob`), not both: keep_prob = 1 - rate."
+)
+
+
+@overload
+def module_keep_prob(
+    module: object, keep_prob: object = ..., rate: object = ..., *, optional: Literal[False] = ...
+) -> float | jax.Array: ...
+@overload
+def module_keep_prob(
+    module: object, keep_prob: object = ..., rate: object = ..., *, optional: bool
+) -> float | jax.Array | None: ...
+def module_keep_prob(
+    module: object,
+    keep_prob: object = None,
+    rate: object = None,
+    *,
+    optional: bool = False,
+) -> float | jax.Array | None:
+    """A module's ``keep_prob``, from ``keep_prob=`` or ``rate=``, at call time or construction.
+
+    The call's ``keep_prob`` or ``rate`` first, then the module's ``keep_prob`` or ``rate``
+    attribute; a ``rate`` becomes ``1 - rate``, a Python float for a Python number and an array
+    for an array (a traced one included). Both spellings at once, or neither (unless
+    ``optional``, which then returns ``None``: a check at construction, where the value may come
+    at call time), is a ``TypeError`` that says ``keep_prob = 1 - rate``. Any module that stores
+    ``keep_prob`` and ``rate`` attributes (``None`` when not given) can use it.
+    """
     name = type(module).__name__
-    return first_from(
-        call_value,
-        getattr(module, "keep_prob", None),
-        error_msg=(
-            f"No `keep_prob` was provided to {name} as either a __call__ argument or a "
-            f"constructor argument: pass it to one of them, e.g. `{name}(keep_prob=0.9, ...)` "
-            "or `layer(x, keep_prob=0.9)` (a traced value, such as a schedule's, is fine at "
-            "call time)."
-        ),
+    for where, kp, r in (
+        ("the call", keep_prob, rate),
+        ("the constructor", getattr(module, "keep_prob", None), getattr(module, "rate", None)),
+    ):
+        if kp is not None and r is not None:
+            raise TypeError(
+                f"{name} got both `keep_prob` ({kp!r}) and `rate` ({r!r}) in {where}: "
+                + KEEP_PROB_OR_RATE
+            )
+        if kp is not None:
+            return cast("float | jax.Array", kp)
+        if r is not None:
+            # Checked as a probability, so that the error names `rate`; 1.0 - keeps a Python
+            # number a Python float and an array (traced or not) an array.
+            return 1.0 - check_keep_prob(r, "rate")
+    if optional:
+        return None
+    raise TypeError(
+        f"{name} has no drop probability, neither in its constructor nor in the call: "
+        + KEEP_PROB_OR_RATE
+        + f" E.g. `{name}(keep_prob=0.9, ...)`, `{name}(rate=0.1, ...)`, or "
+        "`layer(x, keep_prob=0.9)` (a traced value, such as a schedule's, is fine at call time)."
     )
 
 

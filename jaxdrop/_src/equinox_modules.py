@@ -1,5 +1,12 @@
 """Equinox wrappers, mirroring ``eqx.nn.Dropout``: apply the ``inference`` rule, call the function.
 
+What every module here adds to its function, as ``eqx.nn.Dropout``: ``inference`` (a field that
+``eqx.nn.inference_mode`` toggles; the call's wins) and a key passed at call time, ``key=``
+(required in training). The drop probability is given by name, ``keep_prob=`` or ``rate=``
+(``keep_prob = 1 - rate``; ``eqx.nn.Dropout(p)`` is ``Dropout(rate=p)``), at construction or at
+call time (the call's wins, and may be traced, e.g. a schedule's value). Every other argument is
+the function's, keyword-only, with the same name.
+
 Equinox layers see one example and the model is ``jax.vmap``ped over the batch with one key per
 example, so the defaults that depend on the layout are those of one channels-first example, as
 ``eqx.nn.Conv`` takes it: ``spatial_dims=(-2, -1)`` for ``(C, H, W)``, and ``DropPath`` draws
@@ -19,6 +26,7 @@ import equinox as eqx
 import jax
 
 from jaxdrop._src import checks, masking
+from jaxdrop._src.by_name import by_name
 from jaxdrop._src.cutout import cutout
 from jaxdrop._src.drop_path import MODE_CHOICES, drop_path
 from jaxdrop._src.dropblock import dropblock
@@ -67,6 +75,13 @@ def is_weight(path: tuple[Any, ...], leaf: Any) -> bool:
     return is_weight_matrix(path, leaf) and name != "bias"
 
 
+def check_probability(module: object) -> None:
+    """At construction: one of ``keep_prob`` / ``rate`` at most, and a probability."""
+    keep_prob = checks.module_keep_prob(module, optional=True)
+    if keep_prob is not None:
+        checks.check_keep_prob(keep_prob)
+
+
 class _Switchable(Protocol):
     inference: bool
 
@@ -98,30 +113,18 @@ def training_key(
     return key
 
 
+@by_name
 class DropBlock(eqx.Module):
-    """DropBlock as an Equinox module: see :func:`jaxdrop.dropblock`.
+    """DropBlock as an Equinox module: the arguments are :func:`jaxdrop.dropblock`'s, by name.
 
-    Mirrors ``eqx.nn.Dropout``: it sees one example, takes its key at call time, and
-    ``eqx.nn.inference_mode(model)`` switches it off. The layout default is channels first,
-    ``(C, H, W)``, as ``eqx.nn.Conv2d``: pass ``spatial_dims=(-3, -2)`` for ``(H, W, C)``.
-
-    Attributes:
-      keep_prob: probability of keeping a unit. A call-time ``keep_prob`` (which may be traced,
-        e.g. a schedule's value) overrides it.
-      block_size: the side of a block, an int or one per spatial dim.
-      spatial_dims: the axes that blocks span; ``(-2, -1)``: channels first.
-      broadcast_dims: axes that share one mask.
-      normalize: ``"actual"``, ``"expected"`` or ``"none"``.
-      calibrate: solve gamma so that the expected kept fraction is ``keep_prob``.
-      min_keep_prob: a static lower bound on a traced ``keep_prob`` (a schedule's lowest value),
-        or None; see :func:`jaxdrop.dropblock`.
-      inference: if true, return the input untouched. The call's ``inference`` wins.
+    The layout default is one channels-first example, ``(C, H, W)``, as ``eqx.nn.Conv2d``:
+    ``spatial_dims=(-2, -1)``; pass ``spatial_dims=(-3, -2)`` for ``(H, W, C)``.
 
     Example:
       >>> import jax, jax.numpy as jnp
       >>> import equinox as eqx
       >>> import jaxdrop.equinox
-      >>> layer = jaxdrop.equinox.DropBlock(0.9, 3)
+      >>> layer = jaxdrop.equinox.DropBlock(rate=0.1, block_size=3)
       >>> x = jnp.ones((4, 16, 16))  # one (C, H, W) example
       >>> layer(x, key=jax.random.key(0)).shape
       (4, 16, 16)
@@ -129,9 +132,10 @@ class DropBlock(eqx.Module):
       True
     """
 
-    keep_prob: float | jax.Array
-    block_size: int | Sequence[int] = _static_ints()
     _: dataclasses.KW_ONLY
+    keep_prob: float | jax.Array | None = None
+    rate: float | jax.Array | None = None
+    block_size: int | Sequence[int] = _static_ints()
     spatial_dims: int | Sequence[int] = _static_ints(SPATIAL_DIMS)
     broadcast_dims: int | Sequence[int] = _static_ints(())
     normalize: masking.Normalize = _static("actual")
@@ -140,7 +144,7 @@ class DropBlock(eqx.Module):
     inference: bool = False
 
     def __check_init__(self) -> None:
-        checks.check_keep_prob(self.keep_prob)
+        check_probability(self)
         _check_sizes(self.block_size, self.spatial_dims, "block_size")
         checks.check_choice(self.normalize, "normalize", masking.NORMALIZE_CHOICES)
         checks.check_bool(self.calibrate, "calibrate")
@@ -152,9 +156,10 @@ class DropBlock(eqx.Module):
         key: jax.Array | None = None,
         inference: bool | None = None,
         keep_prob: float | jax.Array | None = None,
+        rate: float | jax.Array | None = None,
     ) -> jax.Array:
-        """Applies DropBlock unless in inference mode; ``keep_prob`` overrides the field."""
-        keep_prob = checks.module_keep_prob(self, keep_prob)
+        """Applies DropBlock unless in inference mode; a call-time probability wins."""
+        keep_prob = checks.module_keep_prob(self, keep_prob, rate)
         key = training_key(self, key, inference, keep_prob)
         if key is None:
             return x
@@ -171,33 +176,29 @@ class DropBlock(eqx.Module):
         )
 
 
+@by_name
 class Dropout(eqx.Module):
-    """Dropout as an Equinox module: see :func:`jaxdrop.dropout`.
+    """Dropout as an Equinox module: the arguments are :func:`jaxdrop.dropout`'s, by name.
 
-    ``eqx.nn.Dropout`` with ``keep_prob`` instead of ``p``, ``broadcast_dims`` and a traced
-    call-time ``keep_prob``.
-
-    Attributes:
-      keep_prob: probability of keeping a unit. A call-time ``keep_prob`` (which may be traced)
-        overrides it.
-      broadcast_dims: axes that share one mask.
-      inference: if true, return the input untouched. The call's ``inference`` wins.
+    ``eqx.nn.Dropout(p)`` is ``Dropout(rate=p)``; it adds ``broadcast_dims`` and a traced
+    call-time probability.
 
     Example:
       >>> import jax, jax.numpy as jnp
       >>> import jaxdrop.equinox
-      >>> layer = jaxdrop.equinox.Dropout(0.9)
+      >>> layer = jaxdrop.equinox.Dropout(rate=0.1)
       >>> layer(jnp.ones(64), key=jax.random.key(0)).shape
       (64,)
     """
 
-    keep_prob: float | jax.Array
     _: dataclasses.KW_ONLY
+    keep_prob: float | jax.Array | None = None
+    rate: float | jax.Array | None = None
     broadcast_dims: int | Sequence[int] = _static_ints(())
     inference: bool = False
 
     def __check_init__(self) -> None:
-        checks.check_keep_prob(self.keep_prob)
+        check_probability(self)
 
     def __call__(
         self,
@@ -206,41 +207,40 @@ class Dropout(eqx.Module):
         key: jax.Array | None = None,
         inference: bool | None = None,
         keep_prob: float | jax.Array | None = None,
+        rate: float | jax.Array | None = None,
     ) -> jax.Array:
-        """Applies dropout unless in inference mode; ``keep_prob`` overrides the field."""
-        keep_prob = checks.module_keep_prob(self, keep_prob)
+        """Applies dropout unless in inference mode; a call-time probability wins."""
+        keep_prob = checks.module_keep_prob(self, keep_prob, rate)
         key = training_key(self, key, inference, keep_prob)
         if key is None:
             return x
         return dropout(key, x, keep_prob, broadcast_dims=self.broadcast_dims)
 
 
+@by_name
 class SpatialDropout(eqx.Module):
-    """SpatialDropout as an Equinox module: see :func:`jaxdrop.spatial_dropout`.
+    """SpatialDropout as an Equinox module: the arguments are
+    :func:`jaxdrop.spatial_dropout`'s, by name.
 
-    On one ``(C, H, W)`` example (the default layout) it keeps or drops each channel's map.
-
-    Attributes:
-      keep_prob: probability of keeping a feature map. A call-time ``keep_prob`` (which may be
-        traced) overrides it.
-      spatial_dims: the axes a feature map spans; ``(-2, -1)``: channels first.
-      inference: if true, return the input untouched. The call's ``inference`` wins.
+    On one ``(C, H, W)`` example (the default, ``spatial_dims=(-2, -1)``) it keeps or drops
+    each channel's map.
 
     Example:
       >>> import jax, jax.numpy as jnp
       >>> import jaxdrop.equinox
-      >>> layer = jaxdrop.equinox.SpatialDropout(0.8)
+      >>> layer = jaxdrop.equinox.SpatialDropout(keep_prob=0.8)
       >>> layer(jnp.ones((8, 16, 16)), key=jax.random.key(0)).shape
       (8, 16, 16)
     """
 
-    keep_prob: float | jax.Array
     _: dataclasses.KW_ONLY
+    keep_prob: float | jax.Array | None = None
+    rate: float | jax.Array | None = None
     spatial_dims: int | Sequence[int] = _static_ints(SPATIAL_DIMS)
     inference: bool = False
 
     def __check_init__(self) -> None:
-        checks.check_keep_prob(self.keep_prob)
+        check_probability(self)
 
     def __call__(
         self,
@@ -249,49 +249,44 @@ class SpatialDropout(eqx.Module):
         key: jax.Array | None = None,
         inference: bool | None = None,
         keep_prob: float | jax.Array | None = None,
+        rate: float | jax.Array | None = None,
     ) -> jax.Array:
-        """Applies SpatialDropout unless in inference mode; ``keep_prob`` overrides the field."""
-        keep_prob = checks.module_keep_prob(self, keep_prob)
+        """Applies SpatialDropout unless in inference mode; a call-time probability wins."""
+        keep_prob = checks.module_keep_prob(self, keep_prob, rate)
         key = training_key(self, key, inference, keep_prob)
         if key is None:
             return x
         return spatial_dropout(key, x, keep_prob, spatial_dims=self.spatial_dims)
 
 
+@by_name
 class DropPath(eqx.Module):
-    """DropPath (stochastic depth) as an Equinox module: see :func:`jaxdrop.drop_path`.
+    """DropPath (stochastic depth) as an Equinox module: the arguments are
+    :func:`jaxdrop.drop_path`'s, by name.
 
     Apply it to a residual branch before the addition: ``x + self.drop_path(branch(x), key=k)``.
     The default ``mode="batch"`` draws once per call: the layer sees one example, so under
-    ``jax.vmap`` with one key per example each example keeps or drops its branch on its own,
-    as ``mode="row"`` does over a batch.
-
-    Attributes:
-      keep_prob: probability of keeping the branch. A call-time ``keep_prob`` (which may be
-        traced) overrides it.
-      mode: ``"batch"`` (one draw per call: per example under ``vmap``) or ``"row"`` (one draw
-        per index of ``batch_axis``, for a layer that sees a batch).
-      scale_by_keep: scale kept examples by ``1 / keep_prob``.
-      batch_axis: the axis whose indices are dropped independently in ``"row"`` mode.
-      inference: if true, return the input untouched. The call's ``inference`` wins.
+    ``jax.vmap`` with one key per example each example keeps or drops its branch on its own, as
+    ``mode="row"`` does over a batch.
 
     Example:
       >>> import jax, jax.numpy as jnp
       >>> import jaxdrop.equinox
-      >>> layer = jaxdrop.equinox.DropPath(0.9)
+      >>> layer = jaxdrop.equinox.DropPath(rate=0.1)
       >>> layer(jnp.ones((197, 384)), key=jax.random.key(0)).shape
       (197, 384)
     """
 
-    keep_prob: float | jax.Array
     _: dataclasses.KW_ONLY
+    keep_prob: float | jax.Array | None = None
+    rate: float | jax.Array | None = None
     mode: Literal["row", "batch"] = _static("batch")
     scale_by_keep: bool = _static(True)
     batch_axis: int = _static(0)
     inference: bool = False
 
     def __check_init__(self) -> None:
-        checks.check_keep_prob(self.keep_prob)
+        check_probability(self)
         checks.check_choice(self.mode, "mode", MODE_CHOICES)
         checks.check_bool(self.scale_by_keep, "scale_by_keep")
 
@@ -302,9 +297,10 @@ class DropPath(eqx.Module):
         key: jax.Array | None = None,
         inference: bool | None = None,
         keep_prob: float | jax.Array | None = None,
+        rate: float | jax.Array | None = None,
     ) -> jax.Array:
-        """Applies DropPath unless in inference mode; ``keep_prob`` overrides the field."""
-        keep_prob = checks.module_keep_prob(self, keep_prob)
+        """Applies DropPath unless in inference mode; a call-time probability wins."""
+        keep_prob = checks.module_keep_prob(self, keep_prob, rate)
         key = training_key(self, key, inference, keep_prob)
         if key is None:
             return x
@@ -319,18 +315,12 @@ class DropPath(eqx.Module):
 
 
 class Cutout(eqx.Module):
-    """Cutout as an Equinox module: see :func:`jaxdrop.cutout`.
+    """Cutout as an Equinox module: the arguments are :func:`jaxdrop.cutout`'s.
 
-    An augmentation: use it on the input image, in training only. ``x`` is always one example
-    (``jaxdrop.cutout`` of ``x[None]``): the patches are shared over every non-spatial axis,
-    whatever the layout, so that a ``(C, H, W)`` image is not taken for ``C`` examples.
-
-    Attributes:
-      size: the side of a patch, an int or one per spatial dim.
-      spatial_dims: the axes the patches span; ``(-2, -1)``: channels first.
-      num_patches: how many patches per example.
-      fill: the value written into the patches (may be a JAX scalar).
-      inference: if true, return the input untouched. The call's ``inference`` wins.
+    An augmentation: use it on the input image, in training only. It has no probability, so
+    ``size`` may be positional. ``x`` is always one example (``jaxdrop.cutout`` of ``x[None]``):
+    the patches are shared over every non-spatial axis, whatever the layout, so that a
+    ``(C, H, W)`` image is not taken for ``C`` examples. ``fill`` may be a JAX scalar.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -371,44 +361,34 @@ class Cutout(eqx.Module):
         )[0]
 
 
+@by_name
 class DropConnect(eqx.Module):
-    """DropConnect around a layer: see :func:`jaxdrop.dropconnect`.
+    """DropConnect around a layer: the arguments are :func:`jaxdrop.dropconnect`'s, by name.
 
-    In training, every call runs ``layer`` with its weights masked and rescaled by a fresh mask;
-    in inference mode it is ``layer`` unchanged. The wrapper adds no arrays of its own: its
-    parameters (``eqx.filter(wrapper, eqx.is_array)``) are exactly the layer's, under
-    ``.layer``, and the stored weights are never modified. Under ``jax.vmap`` with one key per
-    example, each example gets its own mask, as in Wan et al.
-
-    Positional and keyword arguments of the call go to ``layer``, except ``key``, ``inference``
-    and ``keep_prob``, which are the wrapper's: the key draws the mask and is not passed on.
-
-    Attributes:
-      layer: the wrapped module, e.g. ``eqx.nn.Linear(64, 128, key=k)`` or ``eqx.nn.Conv2d``.
-      keep_prob: probability of keeping a weight. A call-time ``keep_prob`` (which may be
-        traced) overrides it.
-      where: which arrays to mask, a predicate ``where(path, leaf)`` on the layer's arrays
-        (``eqx.filter(layer, eqx.is_array)``; ``path[-1].name`` is the field name). Default:
-        floating leaves with at least 2 axes except a ``bias``, i.e. the weights; biases are
-        never masked, as in the linen and NNX modules.
-      inference: if true, run the plain layer. The call's ``inference`` wins.
+    ``layer`` (positional) is the wrapped module, e.g. ``eqx.nn.Linear(64, 128, key=k)``.
+    ``where`` is a predicate ``where(path, leaf)`` on its arrays (``path[-1].name`` is the field
+    name); the default masks the weights, never a bias, as the linen and NNX modules. In
+    training every call runs ``layer`` with freshly masked weights (the stored ones never
+    change); in inference it is ``layer`` unchanged. The wrapper adds no arrays of its own.
+    Under ``jax.vmap`` with one key per example each example gets its own mask, as in Wan et
+    al. The call's arguments go to ``layer``, except ``key``, ``inference``, ``keep_prob`` and
+    ``rate``, which are the wrapper's.
 
     Example:
       >>> import jax, jax.numpy as jnp
       >>> import equinox as eqx
       >>> import jaxdrop.equinox
       >>> linear = eqx.nn.Linear(64, 128, key=jax.random.key(0))
-      >>> layer = jaxdrop.equinox.DropConnect(linear, keep_prob=0.5)
-      >>> layer(jnp.ones(64), key=jax.random.key(1)).shape
-      (128,)
+      >>> layer = jaxdrop.equinox.DropConnect(linear, rate=0.5)
       >>> x = jnp.ones(64)
       >>> bool(jnp.all(layer(x, inference=True) == linear(x)))
       True
     """
 
     layer: Callable[..., Any]
-    keep_prob: float | jax.Array
     _: dataclasses.KW_ONLY
+    keep_prob: float | jax.Array | None = None
+    rate: float | jax.Array | None = None
     where: Where | None = eqx.field(default=None, static=True)
     inference: bool = False
 
@@ -417,7 +397,7 @@ class DropConnect(eqx.Module):
             raise TypeError(
                 f"`layer` must be a callable module, e.g. eqx.nn.Linear, got {self.layer!r}."
             )
-        checks.check_keep_prob(self.keep_prob)
+        check_probability(self)
 
     def __call__(
         self,
@@ -425,10 +405,11 @@ class DropConnect(eqx.Module):
         key: jax.Array | None = None,
         inference: bool | None = None,
         keep_prob: float | jax.Array | None = None,
+        rate: float | jax.Array | None = None,
         **kwargs: Any,
     ) -> Any:
         """Runs ``layer`` with dropped connections unless in inference mode."""
-        keep_prob = checks.module_keep_prob(self, keep_prob)
+        keep_prob = checks.module_keep_prob(self, keep_prob, rate)
         key = training_key(self, key, inference, keep_prob)
         if key is None:
             return self.layer(*args, **kwargs)

@@ -1,7 +1,17 @@
-"""Flax linen wrappers: draw a key, apply the ``deterministic`` rule, call the function."""
+"""Flax linen wrappers: draw a key, apply the ``deterministic`` rule, call the function.
+
+What every module here adds to its function, as ``flax.linen.Dropout``: ``deterministic``
+(an attribute merged with the call's, ``nn.merge_param``), a key drawn from the
+``rng_collection`` rng stream (``"dropout"``) unless ``rng`` is passed, and the call
+``layer(x, deterministic, rng)`` in Flax's order. The drop probability is given by name,
+``keep_prob=`` or ``rate=`` (``keep_prob = 1 - rate``), at construction or at call time (the
+call's wins, and may be traced, e.g. a schedule's value). Every other argument is the
+function's, keyword-only, with the same name and default (channels last).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -9,6 +19,7 @@ import flax.linen as nn
 import jax
 
 from jaxdrop._src import checks, masking
+from jaxdrop._src.by_name import by_name
 from jaxdrop._src.cutout import cutout
 from jaxdrop._src.drop_path import Mode, drop_path
 from jaxdrop._src.dropblock import dropblock
@@ -50,36 +61,38 @@ def training_key(
     return rng
 
 
-class DropBlock(nn.Module):
-    """DropBlock as a linen module: see :func:`jaxdrop.dropblock`.
+class Stochastic(nn.Module):
+    """Base of the linen modules with a drop probability: checks ``keep_prob`` / ``rate``."""
 
-    Attributes:
-      keep_prob: probability of keeping a unit. A call-time ``keep_prob`` (which may be traced,
-        e.g. a schedule's value) overrides it.
-      block_size: the side of a block, an int or one per spatial dim.
-      spatial_dims: the axes that blocks span (channels last by default).
-      broadcast_dims: axes that share one mask.
-      normalize: ``"actual"``, ``"expected"`` or ``"none"``.
-      calibrate: solve gamma so that the expected kept fraction is ``keep_prob``.
-      min_keep_prob: a static lower bound on a traced call-time ``keep_prob`` (a schedule's
-        lowest value), or None; see :func:`jaxdrop.dropblock`.
-      deterministic: if true, return the input untouched; merged with the call argument as in
-        ``flax.linen.Dropout``.
-      rng_collection: the rng collection the key is drawn from.
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Here rather than as a decorator, so that the subclasses Flax's transforms generate
+        # (``nn.remat(DropBlock)``) reject a bare probability too.
+        by_name(cls)
+
+    def __post_init__(self) -> None:
+        # Both spellings at once fail here, at construction, not at the first call.
+        checks.module_keep_prob(self, optional=True)
+        super().__post_init__()
+
+
+class DropBlock(Stochastic, kw_only=True):
+    """DropBlock as a linen module: the arguments are :func:`jaxdrop.dropblock`'s, by name.
 
     Example:
       >>> import jax, jax.numpy as jnp
       >>> import jaxdrop
-      >>> layer = jaxdrop.linen.DropBlock(keep_prob=0.9, block_size=3)
+      >>> layer = jaxdrop.linen.DropBlock(rate=0.1, block_size=3)  # or keep_prob=0.9
       >>> x = jnp.ones((2, 16, 16, 4))
-      >>> y = layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)})
+      >>> y = layer.apply({}, x, False, rngs={"dropout": jax.random.key(0)})
       >>> y.shape
       (2, 16, 16, 4)
       >>> bool(jnp.all(layer.apply({}, x, deterministic=True) == x))
       True
     """
 
-    keep_prob: float
+    keep_prob: float | None = None
+    rate: float | None = None
     block_size: int | Sequence[int]
     spatial_dims: int | Sequence[int] = (-3, -2)
     broadcast_dims: int | Sequence[int] = ()
@@ -94,18 +107,19 @@ class DropBlock(nn.Module):
         self,
         x: jax.Array,
         deterministic: bool | None = None,
+        rng: jax.Array | None = None,
         *,
         keep_prob: float | jax.Array | None = None,
-        rng: jax.Array | None = None,
+        rate: float | jax.Array | None = None,
     ) -> jax.Array:
-        """Applies DropBlock unless deterministic; ``keep_prob`` overrides the attribute."""
+        """Applies DropBlock unless deterministic; a call-time probability wins."""
         return call_stochastic(
             self,
             dropblock,
             x,
             deterministic,
             rng,
-            checks.module_keep_prob(self, keep_prob),
+            checks.module_keep_prob(self, keep_prob, rate),
             self.block_size,
             spatial_dims=self.spatial_dims,
             broadcast_dims=self.broadcast_dims,
@@ -115,33 +129,23 @@ class DropBlock(nn.Module):
         )
 
 
-class Dropout(nn.Module):
-    """Dropout as a linen module: see :func:`jaxdrop.dropout`.
+class Dropout(Stochastic, kw_only=True):
+    """Dropout as a linen module: the arguments are :func:`jaxdrop.dropout`'s, by name.
 
-    ``flax.linen.Dropout`` with ``keep_prob`` instead of ``rate`` and a traced call-time
-    ``keep_prob``.
-
-    Attributes:
-      keep_prob: probability of keeping a unit. A call-time ``keep_prob`` (which may be traced,
-        e.g. a schedule's value) overrides it.
-      broadcast_dims: axes that share one mask.
-      deterministic: if true, return the input untouched; merged with the call argument as in
-        ``flax.linen.Dropout``.
-      rng_collection: the rng collection the key is drawn from.
+    ``flax.linen.Dropout(rate)`` is ``Dropout(rate=rate)``; ``keep_prob=`` is the same with
+    ``keep_prob = 1 - rate``. It adds ``broadcast_dims`` and a traced call-time probability.
 
     Example:
       >>> import jax, jax.numpy as jnp
       >>> import jaxdrop
-      >>> layer = jaxdrop.linen.Dropout(keep_prob=0.9)
+      >>> layer = jaxdrop.linen.Dropout(rate=0.1)
       >>> x = jnp.ones((4, 64))
-      >>> y = layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)})
-      >>> y.shape
+      >>> layer.apply({}, x, False, rngs={"dropout": jax.random.key(0)}).shape
       (4, 64)
-      >>> bool(jnp.all(layer.apply({}, x, deterministic=True) == x))
-      True
     """
 
-    keep_prob: float
+    keep_prob: float | None = None
+    rate: float | None = None
     broadcast_dims: int | Sequence[int] = ()
     deterministic: bool | None = None
     rng_collection: str = "dropout"
@@ -151,44 +155,38 @@ class Dropout(nn.Module):
         self,
         x: jax.Array,
         deterministic: bool | None = None,
+        rng: jax.Array | None = None,
         *,
         keep_prob: float | jax.Array | None = None,
-        rng: jax.Array | None = None,
+        rate: float | jax.Array | None = None,
     ) -> jax.Array:
-        """Applies dropout unless deterministic; ``keep_prob`` overrides the attribute."""
+        """Applies dropout unless deterministic; a call-time probability wins."""
         return call_stochastic(
             self,
             dropout,
             x,
             deterministic,
             rng,
-            checks.module_keep_prob(self, keep_prob),
+            checks.module_keep_prob(self, keep_prob, rate),
             broadcast_dims=self.broadcast_dims,
         )
 
 
-class SpatialDropout(nn.Module):
-    """SpatialDropout as a linen module: see :func:`jaxdrop.spatial_dropout`.
-
-    Attributes:
-      keep_prob: probability of keeping a feature map. A call-time ``keep_prob`` (which may be
-        traced) overrides it.
-      spatial_dims: the axes a feature map spans (channels last by default).
-      deterministic: if true, return the input untouched; merged with the call argument as in
-        ``flax.linen.Dropout``.
-      rng_collection: the rng collection the key is drawn from.
+class SpatialDropout(Stochastic, kw_only=True):
+    """SpatialDropout as a linen module: the arguments are :func:`jaxdrop.spatial_dropout`'s,
+    by name.
 
     Example:
       >>> import jax, jax.numpy as jnp
       >>> import jaxdrop
       >>> layer = jaxdrop.linen.SpatialDropout(keep_prob=0.8)
       >>> x = jnp.ones((2, 16, 16, 8))
-      >>> y = layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)})
-      >>> y.shape
+      >>> layer.apply({}, x, False, rngs={"dropout": jax.random.key(0)}).shape
       (2, 16, 16, 8)
     """
 
-    keep_prob: float
+    keep_prob: float | None = None
+    rate: float | None = None
     spatial_dims: int | Sequence[int] = (-3, -2)
     deterministic: bool | None = None
     rng_collection: str = "dropout"
@@ -198,48 +196,42 @@ class SpatialDropout(nn.Module):
         self,
         x: jax.Array,
         deterministic: bool | None = None,
+        rng: jax.Array | None = None,
         *,
         keep_prob: float | jax.Array | None = None,
-        rng: jax.Array | None = None,
+        rate: float | jax.Array | None = None,
     ) -> jax.Array:
-        """Applies SpatialDropout unless deterministic; ``keep_prob`` overrides the attribute."""
+        """Applies SpatialDropout unless deterministic; a call-time probability wins."""
         return call_stochastic(
             self,
             spatial_dropout,
             x,
             deterministic,
             rng,
-            checks.module_keep_prob(self, keep_prob),
+            checks.module_keep_prob(self, keep_prob, rate),
             spatial_dims=self.spatial_dims,
         )
 
 
-class DropPath(nn.Module):
-    """DropPath (stochastic depth) as a linen module: see :func:`jaxdrop.drop_path`.
+class DropPath(Stochastic, kw_only=True):
+    """DropPath (stochastic depth) as a linen module: the arguments are
+    :func:`jaxdrop.drop_path`'s, by name.
 
-    Apply it to a residual branch before the addition: ``x + DropPath(0.9)(branch(x), ...)``.
-
-    Attributes:
-      keep_prob: probability of keeping the branch. A call-time ``keep_prob`` (which may be
-        traced) overrides it.
-      mode: ``"row"`` (one draw per example) or ``"batch"`` (one draw for the whole batch).
-      scale_by_keep: scale kept examples by ``1 / keep_prob``.
-      batch_axis: the axis whose indices are dropped independently in ``"row"`` mode.
-      deterministic: if true, return the input untouched; merged with the call argument as in
-        ``flax.linen.Dropout``.
-      rng_collection: the rng collection the key is drawn from.
+    Apply it to a residual branch before the addition:
+    ``x + DropPath(rate=0.1)(branch(x), deterministic)``; timm's ``DropPath(drop_prob)`` is
+    ``DropPath(rate=drop_prob)``.
 
     Example:
       >>> import jax, jax.numpy as jnp
       >>> import jaxdrop
-      >>> layer = jaxdrop.linen.DropPath(keep_prob=0.9)
+      >>> layer = jaxdrop.linen.DropPath(rate=0.1)
       >>> x = jnp.ones((8, 197, 384))
-      >>> y = layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)})
-      >>> y.shape
+      >>> layer.apply({}, x, False, rngs={"dropout": jax.random.key(0)}).shape
       (8, 197, 384)
     """
 
-    keep_prob: float
+    keep_prob: float | None = None
+    rate: float | None = None
     mode: Mode = "row"
     scale_by_keep: bool = True
     batch_axis: int = 0
@@ -251,18 +243,19 @@ class DropPath(nn.Module):
         self,
         x: jax.Array,
         deterministic: bool | None = None,
+        rng: jax.Array | None = None,
         *,
         keep_prob: float | jax.Array | None = None,
-        rng: jax.Array | None = None,
+        rate: float | jax.Array | None = None,
     ) -> jax.Array:
-        """Applies DropPath unless deterministic; ``keep_prob`` overrides the attribute."""
+        """Applies DropPath unless deterministic; a call-time probability wins."""
         return call_stochastic(
             self,
             drop_path,
             x,
             deterministic,
             rng,
-            checks.module_keep_prob(self, keep_prob),
+            checks.module_keep_prob(self, keep_prob, rate),
             mode=self.mode,
             scale_by_keep=self.scale_by_keep,
             batch_axis=self.batch_axis,
@@ -270,30 +263,22 @@ class DropPath(nn.Module):
 
 
 class Cutout(nn.Module):
-    """Cutout as a linen module: see :func:`jaxdrop.cutout`.
+    """Cutout as a linen module: the arguments are :func:`jaxdrop.cutout`'s.
 
-    An augmentation: use it on the input images in training only.
-
-    Attributes:
-      size: the side of a patch, an int or one per spatial dim.
-      spatial_dims: the axes the patches span (channels last by default).
-      num_patches: how many patches per example.
-      fill: the value written into the patches.
-      deterministic: if true, return the input untouched; merged with the call argument as in
-        ``flax.linen.Dropout``.
-      rng_collection: the rng collection the key is drawn from.
+    An augmentation: use it on the input images in training only. It has no probability, so
+    ``size`` may be positional.
 
     Example:
       >>> import jax, jax.numpy as jnp
       >>> import jaxdrop
       >>> layer = jaxdrop.linen.Cutout(size=16)
       >>> x = jnp.ones((2, 32, 32, 3))
-      >>> y = layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)})
-      >>> y.shape
+      >>> layer.apply({}, x, False, rngs={"dropout": jax.random.key(0)}).shape
       (2, 32, 32, 3)
     """
 
     size: int | Sequence[int]
+    _: dataclasses.KW_ONLY
     spatial_dims: int | Sequence[int] = (-3, -2)
     num_patches: int = 1
     fill: float = 0.0
@@ -302,7 +287,7 @@ class Cutout(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, deterministic: bool | None = None, *, rng: jax.Array | None = None
+        self, x: jax.Array, deterministic: bool | None = None, rng: jax.Array | None = None
     ) -> jax.Array:
         """Applies Cutout unless deterministic."""
         return call_stochastic(
@@ -322,45 +307,32 @@ def _call_layer(module: DropConnect, *args: Any, **kwargs: Any) -> Any:
     return module.layer(*args, **kwargs)
 
 
-class DropConnect(nn.Module):
-    """DropConnect around a layer: see :func:`jaxdrop.dropconnect`.
+class DropConnect(Stochastic):
+    """DropConnect around a layer: the arguments are :func:`jaxdrop.dropconnect`'s, by name.
 
-    In training, every call runs ``layer`` with its selected parameters (kernels by default)
-    masked and rescaled by a fresh mask; in deterministic mode it is ``layer`` unchanged. The
-    wrapper shares the layer's scope (``nn.share_scope``), so its parameter tree is exactly the
-    layer's: ``DropConnect(nn.Dense(128), 0.5)`` and ``nn.Dense(128)`` have the same ``params``,
-    and pretrained weights load into either. The stored parameters are never modified: the mask
-    is applied on the way in (``nn.map_variables``).
-
-    Positional and keyword arguments of the call go to ``layer``, except ``deterministic``,
-    ``keep_prob`` and ``rng``, which are the wrapper's (keyword-only).
-
-    Attributes:
-      layer: the wrapped module, e.g. ``nn.Dense(128)`` or ``nn.Conv(64, (3, 3))``.
-      keep_prob: probability of keeping a weight. A call-time ``keep_prob`` (which may be
-        traced) overrides it.
-      where: which parameters to mask, a predicate ``where(path, leaf)`` on the layer's
-        ``params`` tree (default: floating leaves with at least 2 axes, i.e. kernels).
-      deterministic: if true, run the plain layer; merged with the call argument as in
-        ``flax.linen.Dropout``.
-      rng_collection: the rng collection the key is drawn from.
+    ``layer`` (positional) is the wrapped module, e.g. ``nn.Dense(128)``; ``where`` selects its
+    ``params`` leaves (default: kernels). In training every call runs ``layer`` with a fresh
+    mask on the way in (``nn.map_variables``: the stored parameters never change); when
+    deterministic it is ``layer`` unchanged. The wrapper shares the layer's scope
+    (``nn.share_scope``), so its parameter tree is exactly the layer's and pretrained weights
+    load into either. The call's arguments go to ``layer``, except ``deterministic``, ``rng``,
+    ``keep_prob`` and ``rate`` (keyword-only).
 
     Example:
       >>> import jax, jax.numpy as jnp
       >>> import flax.linen as nn
       >>> import jaxdrop
-      >>> layer = jaxdrop.linen.DropConnect(nn.Dense(128), keep_prob=0.5)
+      >>> layer = jaxdrop.linen.DropConnect(nn.Dense(128), rate=0.5)
       >>> x = jnp.ones((4, 64))
       >>> variables = layer.init(jax.random.key(0), x, deterministic=True)
       >>> jax.tree.map(jnp.shape, variables)
       {'params': {'bias': (128,), 'kernel': (64, 128)}}
-      >>> y = layer.apply(variables, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
-      >>> y.shape
-      (4, 128)
     """
 
     layer: nn.Module
-    keep_prob: float
+    _: dataclasses.KW_ONLY
+    keep_prob: float | None = None
+    rate: float | None = None
     where: Where | None = None
     deterministic: bool | None = None
     rng_collection: str = "dropout"
@@ -373,15 +345,16 @@ class DropConnect(nn.Module):
         self,
         *args: Any,
         deterministic: bool | None = None,
-        keep_prob: float | jax.Array | None = None,
         rng: jax.Array | None = None,
+        keep_prob: float | jax.Array | None = None,
+        rate: float | jax.Array | None = None,
         **kwargs: Any,
     ) -> Any:
         """Runs ``layer`` with dropped connections unless deterministic."""
         key = training_key(self, deterministic, rng)
         if key is None:
             return self.layer(*args, **kwargs)
-        kp: float | jax.Array = checks.module_keep_prob(self, keep_prob)
+        kp = checks.module_keep_prob(self, keep_prob, rate)
 
         def mask(variables: dict[str, Any]) -> dict[str, Any]:
             if "params" not in variables:  # A layer without parameters: nothing to drop.

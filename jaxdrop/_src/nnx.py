@@ -1,5 +1,15 @@
 """Flax NNX wrappers, mirroring ``flax.nnx.Dropout``: fork the stream at construction, draw a key
-per call, apply the ``deterministic`` rule, call the function."""
+per call, apply the ``deterministic`` rule, call the function.
+
+What every module here adds to its function, as ``flax.nnx.Dropout``: ``deterministic``
+(``model.train()`` / ``model.eval()`` set it; the call's wins), and a key from the
+``rng_collection`` stream (``"dropout"``) of the ``rngs`` given at construction (forked) or at
+call time, a stream that advances on every call. The drop probability is given by name,
+``keep_prob=`` or ``rate=`` (``keep_prob = 1 - rate``), at construction or at call time (the
+call's wins). NNX attributes are static under ``nnx.jit``, so a value that changes every step (a
+schedule) goes in at call time, where it may be traced. Every other argument is the function's,
+keyword-only, with the same name and default (channels last).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +20,7 @@ import jax
 from flax import nnx
 
 from jaxdrop._src import checks, masking
+from jaxdrop._src.by_name import by_name
 from jaxdrop._src.cutout import cutout
 from jaxdrop._src.drop_path import Mode, drop_path
 from jaxdrop._src.dropblock import dropblock
@@ -36,6 +47,12 @@ class Stochastic(nnx.Module):
             self.rngs = nnx.data(None)
         else:
             raise TypeError(f"`rngs` must be a Rngs, RngStream or None, got {type(rngs).__name__}.")
+
+    def init_probability(self, keep_prob: float | None, rate: float | None) -> None:
+        """Stores ``keep_prob`` and ``rate``; both at once fails now, not at the first call."""
+        self.keep_prob = keep_prob
+        self.rate = rate
+        checks.module_keep_prob(self, optional=True)
 
     def call_stochastic(
         self,
@@ -93,32 +110,15 @@ class Stochastic(nnx.Module):
             self.deterministic = deterministic
 
 
+@by_name
 class DropBlock(Stochastic):
-    """DropBlock as an NNX module: see :func:`jaxdrop.dropblock`.
-
-    Switch it with ``model.train()`` / ``model.eval()`` as ``flax.nnx.Dropout``. Its key comes
-    from the ``rng_collection`` stream of the ``rngs`` given at construction (forked), or from
-    the ``rngs`` given at call time, and the stream advances on every call.
-
-    Args:
-      keep_prob: probability of keeping a unit. NNX attributes are static under ``nnx.jit``, so a
-        value that changes every step (a schedule) should be passed at call time instead.
-      block_size: the side of a block, an int or one per spatial dim.
-      spatial_dims: the axes that blocks span (channels last by default).
-      broadcast_dims: axes that share one mask.
-      normalize: ``"actual"``, ``"expected"`` or ``"none"``.
-      calibrate: solve gamma so that the expected kept fraction is ``keep_prob``.
-      min_keep_prob: a static lower bound on a traced call-time ``keep_prob`` (a schedule's
-        lowest value), or None; see :func:`jaxdrop.dropblock`.
-      deterministic: if true, return the input untouched. The call argument wins.
-      rng_collection: the rng stream to draw keys from.
-      rngs: ``nnx.Rngs`` or ``nnx.RngStream``, or ``None`` to pass keys at call time.
+    """DropBlock as an NNX module: the arguments are :func:`jaxdrop.dropblock`'s, by name.
 
     Example:
       >>> import jax.numpy as jnp
       >>> from flax import nnx
       >>> import jaxdrop
-      >>> layer = jaxdrop.nnx.DropBlock(0.9, 3, rngs=nnx.Rngs(dropout=0))
+      >>> layer = jaxdrop.nnx.DropBlock(rate=0.1, block_size=3, rngs=nnx.Rngs(dropout=0))
       >>> x = jnp.ones((2, 16, 16, 4))
       >>> layer(x).shape
       (2, 16, 16, 4)
@@ -129,9 +129,10 @@ class DropBlock(Stochastic):
 
     def __init__(
         self,
-        keep_prob: float,
-        block_size: int | Sequence[int],
         *,
+        keep_prob: float | None = None,
+        rate: float | None = None,
+        block_size: int | Sequence[int],
         spatial_dims: int | Sequence[int] = (-3, -2),
         broadcast_dims: int | Sequence[int] = (),
         normalize: masking.Normalize = "actual",
@@ -141,7 +142,7 @@ class DropBlock(Stochastic):
         rng_collection: str = "dropout",
         rngs: Rngs | None = None,
     ):
-        self.keep_prob = keep_prob
+        self.init_probability(keep_prob, rate)
         self.block_size = block_size
         self.spatial_dims = spatial_dims
         self.broadcast_dims = broadcast_dims
@@ -156,15 +157,16 @@ class DropBlock(Stochastic):
         *,
         deterministic: bool | None = None,
         keep_prob: float | jax.Array | None = None,
+        rate: float | jax.Array | None = None,
         rngs: Rngs | jax.Array | None = None,
     ) -> jax.Array:
-        """Applies DropBlock unless deterministic; ``keep_prob`` overrides the attribute."""
+        """Applies DropBlock unless deterministic; a call-time probability wins."""
         return self.call_stochastic(
             dropblock,
             x,
             deterministic,
             rngs,
-            checks.module_keep_prob(self, keep_prob),
+            checks.module_keep_prob(self, keep_prob, rate),
             self.block_size,
             spatial_dims=self.spatial_dims,
             broadcast_dims=self.broadcast_dims,
@@ -174,45 +176,33 @@ class DropBlock(Stochastic):
         )
 
 
+@by_name
 class Dropout(Stochastic):
-    """Dropout as an NNX module: see :func:`jaxdrop.dropout`.
+    """Dropout as an NNX module: the arguments are :func:`jaxdrop.dropout`'s, by name.
 
-    ``flax.nnx.Dropout`` with ``keep_prob`` instead of ``rate`` and a traced call-time
-    ``keep_prob``. Switch it with ``model.train()`` / ``model.eval()``; its key comes from the
-    ``rng_collection`` stream of the ``rngs`` given at construction (forked), or from the
-    ``rngs`` given at call time, and the stream advances on every call.
-
-    Args:
-      keep_prob: probability of keeping a unit. NNX attributes are static under ``nnx.jit``, so a
-        value that changes every step (a schedule) should be passed at call time instead.
-      broadcast_dims: axes that share one mask.
-      deterministic: if true, return the input untouched. The call argument wins.
-      rng_collection: the rng stream to draw keys from.
-      rngs: ``nnx.Rngs`` or ``nnx.RngStream``, or ``None`` to pass keys at call time.
+    ``flax.nnx.Dropout(rate, rngs=rngs)`` is ``Dropout(rate=rate, rngs=rngs)``; it adds
+    ``broadcast_dims`` and a traced call-time probability.
 
     Example:
       >>> import jax.numpy as jnp
       >>> from flax import nnx
       >>> import jaxdrop
-      >>> layer = jaxdrop.nnx.Dropout(0.9, rngs=nnx.Rngs(dropout=0))
-      >>> x = jnp.ones((4, 64))
-      >>> layer(x).shape
+      >>> layer = jaxdrop.nnx.Dropout(rate=0.1, rngs=nnx.Rngs(dropout=0))
+      >>> layer(jnp.ones((4, 64)), keep_prob=0.8).shape  # the call's probability wins
       (4, 64)
-      >>> layer.eval()
-      >>> bool(jnp.all(layer(x) == x))
-      True
     """
 
     def __init__(
         self,
-        keep_prob: float,
         *,
+        keep_prob: float | None = None,
+        rate: float | None = None,
         broadcast_dims: int | Sequence[int] = (),
         deterministic: bool | None = False,
         rng_collection: str = "dropout",
         rngs: Rngs | None = None,
     ):
-        self.keep_prob = keep_prob
+        self.init_probability(keep_prob, rate)
         self.broadcast_dims = broadcast_dims
         self.init_stochastic(deterministic, rng_collection, rngs)
 
@@ -222,50 +212,45 @@ class Dropout(Stochastic):
         *,
         deterministic: bool | None = None,
         keep_prob: float | jax.Array | None = None,
+        rate: float | jax.Array | None = None,
         rngs: Rngs | jax.Array | None = None,
     ) -> jax.Array:
-        """Applies dropout unless deterministic; ``keep_prob`` overrides the attribute."""
+        """Applies dropout unless deterministic; a call-time probability wins."""
         return self.call_stochastic(
             dropout,
             x,
             deterministic,
             rngs,
-            checks.module_keep_prob(self, keep_prob),
+            checks.module_keep_prob(self, keep_prob, rate),
             broadcast_dims=self.broadcast_dims,
         )
 
 
+@by_name
 class SpatialDropout(Stochastic):
-    """SpatialDropout as an NNX module: see :func:`jaxdrop.spatial_dropout`.
-
-    Switch it with ``model.train()`` / ``model.eval()``, as :class:`Dropout`.
-
-    Args:
-      keep_prob: probability of keeping a feature map; pass a per-step value at call time.
-      spatial_dims: the axes a feature map spans (channels last by default).
-      deterministic: if true, return the input untouched. The call argument wins.
-      rng_collection: the rng stream to draw keys from.
-      rngs: ``nnx.Rngs`` or ``nnx.RngStream``, or ``None`` to pass keys at call time.
+    """SpatialDropout as an NNX module: the arguments are :func:`jaxdrop.spatial_dropout`'s,
+    by name.
 
     Example:
       >>> import jax.numpy as jnp
       >>> from flax import nnx
       >>> import jaxdrop
-      >>> layer = jaxdrop.nnx.SpatialDropout(0.8, rngs=nnx.Rngs(dropout=0))
+      >>> layer = jaxdrop.nnx.SpatialDropout(keep_prob=0.8, rngs=nnx.Rngs(dropout=0))
       >>> layer(jnp.ones((2, 16, 16, 8))).shape
       (2, 16, 16, 8)
     """
 
     def __init__(
         self,
-        keep_prob: float,
         *,
+        keep_prob: float | None = None,
+        rate: float | None = None,
         spatial_dims: int | Sequence[int] = (-3, -2),
         deterministic: bool | None = False,
         rng_collection: str = "dropout",
         rngs: Rngs | None = None,
     ):
-        self.keep_prob = keep_prob
+        self.init_probability(keep_prob, rate)
         self.spatial_dims = spatial_dims
         self.init_stochastic(deterministic, rng_collection, rngs)
 
@@ -275,47 +260,41 @@ class SpatialDropout(Stochastic):
         *,
         deterministic: bool | None = None,
         keep_prob: float | jax.Array | None = None,
+        rate: float | jax.Array | None = None,
         rngs: Rngs | jax.Array | None = None,
     ) -> jax.Array:
-        """Applies SpatialDropout unless deterministic; ``keep_prob`` overrides the attribute."""
+        """Applies SpatialDropout unless deterministic; a call-time probability wins."""
         return self.call_stochastic(
             spatial_dropout,
             x,
             deterministic,
             rngs,
-            checks.module_keep_prob(self, keep_prob),
+            checks.module_keep_prob(self, keep_prob, rate),
             spatial_dims=self.spatial_dims,
         )
 
 
+@by_name
 class DropPath(Stochastic):
-    """DropPath (stochastic depth) as an NNX module: see :func:`jaxdrop.drop_path`.
+    """DropPath (stochastic depth) as an NNX module: the arguments are
+    :func:`jaxdrop.drop_path`'s, by name.
 
     Apply it to a residual branch before the addition: ``x + self.drop_path(branch(x))``.
-    Switch it with ``model.train()`` / ``model.eval()``, as :class:`Dropout`.
-
-    Args:
-      keep_prob: probability of keeping the branch; pass a per-step value at call time.
-      mode: ``"row"`` (one draw per example) or ``"batch"`` (one draw for the whole batch).
-      scale_by_keep: scale kept examples by ``1 / keep_prob``.
-      batch_axis: the axis whose indices are dropped independently in ``"row"`` mode.
-      deterministic: if true, return the input untouched. The call argument wins.
-      rng_collection: the rng stream to draw keys from.
-      rngs: ``nnx.Rngs`` or ``nnx.RngStream``, or ``None`` to pass keys at call time.
 
     Example:
       >>> import jax.numpy as jnp
       >>> from flax import nnx
       >>> import jaxdrop
-      >>> layer = jaxdrop.nnx.DropPath(0.9, rngs=nnx.Rngs(dropout=0))
+      >>> layer = jaxdrop.nnx.DropPath(rate=0.1, rngs=nnx.Rngs(dropout=0))
       >>> layer(jnp.ones((8, 197, 384))).shape
       (8, 197, 384)
     """
 
     def __init__(
         self,
-        keep_prob: float,
         *,
+        keep_prob: float | None = None,
+        rate: float | None = None,
         mode: Mode = "row",
         scale_by_keep: bool = True,
         batch_axis: int = 0,
@@ -323,7 +302,7 @@ class DropPath(Stochastic):
         rng_collection: str = "dropout",
         rngs: Rngs | None = None,
     ):
-        self.keep_prob = keep_prob
+        self.init_probability(keep_prob, rate)
         self.mode = mode
         self.scale_by_keep = scale_by_keep
         self.batch_axis = batch_axis
@@ -335,15 +314,16 @@ class DropPath(Stochastic):
         *,
         deterministic: bool | None = None,
         keep_prob: float | jax.Array | None = None,
+        rate: float | jax.Array | None = None,
         rngs: Rngs | jax.Array | None = None,
     ) -> jax.Array:
-        """Applies DropPath unless deterministic; ``keep_prob`` overrides the attribute."""
+        """Applies DropPath unless deterministic; a call-time probability wins."""
         return self.call_stochastic(
             drop_path,
             x,
             deterministic,
             rngs,
-            checks.module_keep_prob(self, keep_prob),
+            checks.module_keep_prob(self, keep_prob, rate),
             mode=self.mode,
             scale_by_keep=self.scale_by_keep,
             batch_axis=self.batch_axis,
@@ -351,18 +331,10 @@ class DropPath(Stochastic):
 
 
 class Cutout(Stochastic):
-    """Cutout as an NNX module: see :func:`jaxdrop.cutout`.
+    """Cutout as an NNX module: the arguments are :func:`jaxdrop.cutout`'s.
 
-    An augmentation: use it on the input images, in training only (``model.eval()`` disables it).
-
-    Args:
-      size: the side of a patch, an int or one per spatial dim.
-      spatial_dims: the axes the patches span (channels last by default).
-      num_patches: how many patches per example.
-      fill: the value written into the patches.
-      deterministic: if true, return the input untouched. The call argument wins.
-      rng_collection: the rng stream to draw keys from.
-      rngs: ``nnx.Rngs`` or ``nnx.RngStream``, or ``None`` to pass keys at call time.
+    An augmentation: use it on the input images, in training only (``model.eval()`` disables
+    it). It has no probability, so ``size`` may be positional.
 
     Example:
       >>> import jax.numpy as jnp
@@ -410,54 +382,41 @@ class Cutout(Stochastic):
         )
 
 
+@by_name
 class DropConnect(Stochastic):
-    """DropConnect around a layer: see :func:`jaxdrop.dropconnect`.
+    """DropConnect around a layer: the arguments are :func:`jaxdrop.dropconnect`'s, by name.
 
-    In training, every call runs ``layer`` with its selected ``nnx.Param``s (kernels by default)
-    masked and rescaled by a fresh mask; in evaluation (``model.eval()``) it is ``layer``
-    unchanged. The stored parameters are never modified: the call runs on a copy of the layer
-    whose parameters are masked, and any other state the layer updates (batch statistics, its own
-    rng counts) is written back. The wrapper's only ``nnx.Param``s are the layer's, under
-    ``.layer``.
-
-    Positional and keyword arguments of the call go to ``layer``, except ``deterministic``,
-    ``keep_prob`` and ``rngs``, which are the wrapper's (keyword-only).
-
-    Args:
-      layer: the wrapped module, e.g. ``nnx.Linear(64, 128, rngs=rngs)``.
-      keep_prob: probability of keeping a weight; pass a per-step value at call time.
-      where: which parameters to mask, a predicate ``where(path, leaf)`` on the layer's
-        parameters as a pure dict (``nnx.to_pure_dict``); default: floating leaves with at least
-        2 axes, i.e. kernels.
-      deterministic: if true, run the plain layer. The call argument wins.
-      rng_collection: the rng stream to draw keys from.
-      rngs: ``nnx.Rngs`` or ``nnx.RngStream``, or ``None`` to pass keys at call time.
+    ``layer`` (positional) is the wrapped module, e.g. ``nnx.Linear(64, 128, rngs=rngs)``;
+    ``where`` selects its parameters as a pure dict (``nnx.to_pure_dict``; default: kernels). In
+    training every call runs ``layer`` on a copy whose ``nnx.Param``s are masked, and writes
+    back any other state it updates (batch statistics, rng counts): the stored parameters never
+    change. In evaluation it is ``layer`` unchanged. The wrapper's only ``nnx.Param``s are the
+    layer's, under ``.layer``. The call's arguments go to ``layer``, except ``deterministic``,
+    ``keep_prob``, ``rate`` and ``rngs`` (keyword-only).
 
     Example:
       >>> import jax.numpy as jnp
       >>> from flax import nnx
       >>> import jaxdrop
       >>> rngs = nnx.Rngs(0)
-      >>> layer = jaxdrop.nnx.DropConnect(nnx.Linear(64, 128, rngs=rngs), keep_prob=0.5, rngs=rngs)
+      >>> layer = jaxdrop.nnx.DropConnect(nnx.Linear(64, 128, rngs=rngs), rate=0.5, rngs=rngs)
       >>> layer(jnp.ones((4, 64))).shape
       (4, 128)
-      >>> layer.eval()
-      >>> bool(jnp.all(layer(jnp.ones((4, 64))) == layer.layer(jnp.ones((4, 64)))))
-      True
     """
 
     def __init__(
         self,
         layer: nnx.Module,
-        keep_prob: float,
         *,
+        keep_prob: float | None = None,
+        rate: float | None = None,
         where: Where | None = None,
         deterministic: bool | None = False,
         rng_collection: str = "dropout",
         rngs: Rngs | None = None,
     ):
         self.layer = layer
-        self.keep_prob = keep_prob
+        self.init_probability(keep_prob, rate)
         self.where = where
         self.init_stochastic(deterministic, rng_collection, rngs)
 
@@ -466,6 +425,7 @@ class DropConnect(Stochastic):
         *args: Any,
         deterministic: bool | None = None,
         keep_prob: float | jax.Array | None = None,
+        rate: float | jax.Array | None = None,
         rngs: Rngs | jax.Array | None = None,
         **kwargs: Any,
     ) -> Any:
@@ -473,7 +433,7 @@ class DropConnect(Stochastic):
         key = self.training_key(deterministic, rngs)
         if key is None:
             return self.layer(*args, **kwargs)
-        kp: float | jax.Array = checks.module_keep_prob(self, keep_prob)
+        kp = checks.module_keep_prob(self, keep_prob, rate)
         graphdef, params, rest = nnx.split(self.layer, nnx.Param, ...)
         masked = dropconnect(key, nnx.to_pure_dict(params), kp, where=self.where)
         # replace_by_pure_dict puts new Variables into `params`; the layer's own are untouched.
