@@ -79,6 +79,7 @@ def test_residuals_of_the_users_function_are_kept(key):
     assert max(flax_sizes) >= X.size
 
 
+@pytest.mark.slow  # eager and jitted
 @pytest.mark.parametrize(
     ("dtype", "options"),
     [
@@ -89,16 +90,17 @@ def test_residuals_of_the_users_function_are_kept(key):
 def test_backward_mask_is_the_forward_mask(key, dtype, options):
     # With x = 1 the output is mask * scale, and so is the gradient of sum(y): the backward
     # pass drew exactly the forward's mask and scale again.
-    x = jnp.ones((4, 28, 28, 16), dtype)
+    x = jnp.ones((2, 16, 16, 8), dtype)
     for fn in (jax.jit, lambda f: f):
         y, vjp_fn = fn(
-            lambda x: jax.vjp(lambda x: jaxdrop.dropblock(key, x, 0.9, 7, **options), x)
+            lambda x: jax.vjp(lambda x: jaxdrop.dropblock(key, x, 0.8, 5, **options), x)
         )(x)
         (grad,) = vjp_fn(jnp.ones_like(y))
         np.testing.assert_array_equal(np.asarray(grad, np.float32), np.asarray(y, np.float32))
-        assert 0 < float(jnp.mean(y == 0)) < 0.3
+        assert 0 < float(jnp.mean(y == 0)) < 0.5
 
 
+@pytest.mark.slow
 def test_grad_under_an_outer_checkpoint_and_scan(key):
     # The user's own jax.checkpoint (remat of a whole block) and lax.scan over layers wrap the
     # inner checkpoint: the gradients equal those of the plain function.
