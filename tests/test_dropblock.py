@@ -278,8 +278,8 @@ def test_bad_min_keep_prob(key, min_keep_prob, keep_prob, error, match):
 
 def test_sparse_sampler_reuses_no_key():
     # Forward and gradient on the sparse path (Python keep_prob, and traced with a bound):
-    # the sampler primitive consumes the key once, and the backward pass's redraw is the
-    # deliberate, cloned one.
+    # the sampler primitive consumes the key once, and the key-reuse checker accepts the
+    # backward pass's redraw under jax.checkpoint.
     x = jnp.ones((2, 28, 28, 8))
     with jax.debug_key_reuse(True):
         for seed, p, bound in ((0, 0.9, None), (1, jnp.float32(0.9), 0.8)):
