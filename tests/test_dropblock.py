@@ -305,7 +305,7 @@ def test_bad_min_keep_prob(key, min_keep_prob, keep_prob, error, match):
 def test_sparse_sampler_reuses_no_key():
     # Forward and gradient on the sparse path (Python keep_prob, and traced with a bound): the
     # platform case passes the key to both samplers, which the checker must see as one use,
-    # and the backward pass's redraw is the deliberate, cloned one.
+    # and it accepts the backward pass's redraw under jax.checkpoint.
     x = jnp.ones((2, 28, 28, 8))
     with jax.debug_key_reuse(True):
         for seed, p, bound in ((0, 0.9, None), (1, jnp.float32(0.9), 0.8)):

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxdrop._src import checks
+from jaxdrop._src import checks, masking
 
 
 def cutout(
@@ -86,10 +86,19 @@ def cutout(
 
 @functools.partial(jax.jit, static_argnames=("size", "spatial_dims", "num_patches"))
 def _cutout(rng, x, fill, *, size, spatial_dims, num_patches):
-    keep = cutout_mask(rng, x.shape, size=size, spatial_dims=spatial_dims, num_patches=num_patches)
     # Cast the fill to x's dtype first: a float32 fill must not promote a bfloat16 x.
     fill = jax.lax.stop_gradient(jnp.asarray(fill).astype(x.dtype))
-    return jnp.where(keep, x, fill)
+
+    # Under jax.checkpoint, reverse mode keeps the key (not the mask) for the backward pass and
+    # draws the patches again there, as masking.apply_mask does (and with its prevent_cse).
+    @functools.partial(jax.checkpoint, prevent_cse=masking._PREVENT_CSE)
+    def patched(rng, x, fill):
+        keep = cutout_mask(
+            rng, x.shape, size=size, spatial_dims=spatial_dims, num_patches=num_patches
+        )
+        return jnp.where(keep, x, fill)
+
+    return patched(rng, x, fill)
 
 
 def batch_size(shape: tuple[int, ...], spatial_dims: tuple[int, ...]) -> int:
