@@ -125,20 +125,24 @@ def _eqx(module):
 
 RNGS = nnx.Rngs(dropout=0)
 UNIT_MODULES = {
-    "linen.DropBlock": _linen(jaxdrop.linen.DropBlock(0.8, 3)),
-    "linen.Dropout": _linen(jaxdrop.linen.Dropout(0.7)),
-    "linen.SpatialDropout": _linen(jaxdrop.linen.SpatialDropout(0.7)),
-    "linen.DropPath": _linen(jaxdrop.linen.DropPath(0.6)),
+    "linen.DropBlock": _linen(jaxdrop.linen.DropBlock(keep_prob=0.8, block_size=3)),
+    "linen.Dropout": _linen(jaxdrop.linen.Dropout(keep_prob=0.7)),
+    "linen.SpatialDropout": _linen(jaxdrop.linen.SpatialDropout(keep_prob=0.7)),
+    "linen.DropPath": _linen(jaxdrop.linen.DropPath(keep_prob=0.6)),
     "linen.Cutout": _linen(jaxdrop.linen.Cutout(3)),
-    "nnx.DropBlock": _nnx(jaxdrop.nnx.DropBlock(0.8, 3, rngs=RNGS)),
-    "nnx.Dropout": _nnx(jaxdrop.nnx.Dropout(0.7, rngs=RNGS)),
-    "nnx.SpatialDropout": _nnx(jaxdrop.nnx.SpatialDropout(0.7, rngs=RNGS)),
-    "nnx.DropPath": _nnx(jaxdrop.nnx.DropPath(0.6, rngs=RNGS)),
+    "nnx.DropBlock": _nnx(jaxdrop.nnx.DropBlock(keep_prob=0.8, block_size=3, rngs=RNGS)),
+    "nnx.Dropout": _nnx(jaxdrop.nnx.Dropout(keep_prob=0.7, rngs=RNGS)),
+    "nnx.SpatialDropout": _nnx(jaxdrop.nnx.SpatialDropout(keep_prob=0.7, rngs=RNGS)),
+    "nnx.DropPath": _nnx(jaxdrop.nnx.DropPath(keep_prob=0.6, rngs=RNGS)),
     "nnx.Cutout": _nnx(jaxdrop.nnx.Cutout(3, rngs=RNGS)),
-    "equinox.DropBlock": _eqx(jaxdrop.equinox.DropBlock(0.8, 3, spatial_dims=(-3, -2))),
-    "equinox.Dropout": _eqx(jaxdrop.equinox.Dropout(0.7)),
-    "equinox.SpatialDropout": _eqx(jaxdrop.equinox.SpatialDropout(0.7, spatial_dims=(-3, -2))),
-    "equinox.DropPath": _eqx(jaxdrop.equinox.DropPath(0.6)),
+    "equinox.DropBlock": _eqx(
+        jaxdrop.equinox.DropBlock(keep_prob=0.8, block_size=3, spatial_dims=(-3, -2))
+    ),
+    "equinox.Dropout": _eqx(jaxdrop.equinox.Dropout(keep_prob=0.7)),
+    "equinox.SpatialDropout": _eqx(
+        jaxdrop.equinox.SpatialDropout(keep_prob=0.7, spatial_dims=(-3, -2))
+    ),
+    "equinox.DropPath": _eqx(jaxdrop.equinox.DropPath(keep_prob=0.6)),
     "equinox.Cutout": _eqx(jaxdrop.equinox.Cutout(3, spatial_dims=(-3, -2))),
 }
 
