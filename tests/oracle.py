@@ -173,6 +173,54 @@ def patch_scatter(
 
 
 # ---------------------------------------------------------------------------------------------
+# Random Erasing
+# ---------------------------------------------------------------------------------------------
+
+
+def random_erasing_rectangles(
+    gen: np.random.Generator,
+    height: int,
+    width: int,
+    *,
+    p: float,
+    area: tuple[float, float] = (0.02, 1 / 3),
+    aspect: tuple[float, float] = (0.3, 10 / 3),
+    max_count: int = 1,
+) -> list[tuple[int, int, int, int]]:
+    """timm's ``RandomErasing._erase`` for one image, in float64: its ``(top, left, h, w)``.
+
+    Erase with probability ``p``; ``count`` uniform in ``[1, max_count]``; per rectangle up to
+    10 attempts, the first with ``h < height and w < width`` taken, its corner uniform.
+    """
+    if gen.random() >= p:
+        return []
+    count = int(gen.integers(1, max_count + 1)) if max_count > 1 else 1
+    rectangles = []
+    for _ in range(count):
+        for _ in range(10):
+            target = gen.uniform(*area) * height * width / count
+            ratio = math.exp(gen.uniform(math.log(aspect[0]), math.log(aspect[1])))
+            h = int(round(math.sqrt(target * ratio)))
+            w = int(round(math.sqrt(target / ratio)))
+            if w < width and h < height:
+                top = int(gen.integers(0, height - h + 1))
+                left = int(gen.integers(0, width - w + 1))
+                rectangles.append((top, left, h, w))
+                break
+    return rectangles
+
+
+def rectangles_mask(
+    rectangles: Sequence[tuple[int, int, int, int]], height: int, width: int
+) -> np.ndarray:
+    """``(height, width)`` bool, True on the union of the rectangles."""
+    mask = np.zeros((height, width), bool)
+    for top, left, h, w in rectangles:
+        mask[top : top + h, left : left + w] = True
+    return mask
+
+
+# ---------------------------------------------------------------------------------------------
 # Scaling and masking
 # ---------------------------------------------------------------------------------------------
 
