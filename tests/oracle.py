@@ -12,6 +12,7 @@ XLA compilations a block of code triggers, and which cross-device collectives co
 from __future__ import annotations
 
 import contextlib
+import decimal
 import itertools
 import math
 import re
@@ -128,6 +129,47 @@ def cutout_cover_probability(height: int, size: int) -> np.ndarray:
         start = c - size // 2
         prob[max(start, 0) : max(start + size, 0)] += 1.0 / height
     return prob
+
+
+# ---------------------------------------------------------------------------------------------
+# PatchDropout
+# ---------------------------------------------------------------------------------------------
+
+
+def patch_keep_count(num_patches: int, keep_prob: float) -> int:
+    """timm's ``max(1, int(L * (1 - prob)))`` for the decimal ``keep_prob`` as written.
+
+    Computed in exact decimal arithmetic from ``repr(keep_prob)``, so ``0.29`` of 100 is 29.
+    """
+    if num_patches == 0:
+        return 0
+    return max(1, math.floor(decimal.Decimal(repr(float(keep_prob))) * num_patches))
+
+
+def patch_gather(tokens: np.ndarray, indices: np.ndarray, num_prefix: int) -> np.ndarray:
+    """The prefix tokens, then ``tokens[..., num_prefix + indices[...], :]``, by loops."""
+    batch = tokens.shape[:-2]
+    k = indices.shape[-1]
+    out = np.empty(batch + (num_prefix + k, tokens.shape[-1]), tokens.dtype)
+    for b in itertools.product(*(range(n) for n in batch)):
+        out[b][:num_prefix] = tokens[b][:num_prefix]
+        for j in range(k):
+            out[b][num_prefix + j] = tokens[b][num_prefix + int(indices[b][j])]
+    return out
+
+
+def patch_scatter(
+    kept: np.ndarray, indices: np.ndarray, length: int, num_prefix: int, fill: np.ndarray
+) -> np.ndarray:
+    """The inverse of :func:`patch_gather`: ``fill`` where no index points, by loops."""
+    batch = kept.shape[:-2]
+    out = np.empty(batch + (length, kept.shape[-1]), kept.dtype)
+    out[..., num_prefix:, :] = np.broadcast_to(fill, out[..., num_prefix:, :].shape)
+    for b in itertools.product(*(range(n) for n in batch)):
+        out[b][:num_prefix] = kept[b][:num_prefix]
+        for j, i in enumerate(indices[b]):
+            out[b][num_prefix + int(i)] = kept[b][num_prefix + j]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
