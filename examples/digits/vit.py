@@ -10,8 +10,8 @@ a final LayerNorm and a linear head on the CLS token.
 
 PatchDropout runs in training only (``train=True``): evaluation always sees every token. With
 ``keep_prob=None`` the model never calls :func:`jaxdrop.patch_dropout` (the unmodified model);
-``keep_prob=1.0`` calls it and keeps every token. ``keep_prob`` is a static Python number: the
-number of tokens kept sets the shapes of everything after it.
+``keep_prob=1.0`` calls it, and it returns every token as it is. ``keep_prob`` is a static Python
+number: the number of tokens kept sets the shapes of everything after it.
 
 With the defaults, a 32 x 32 input gives 64 patch tokens of width 192 and 6 blocks of 3 heads
 (about 2.7 M parameters): the ViT of issue 19's benchmark.
@@ -95,6 +95,8 @@ class ViT(nn.Module):
 
 
 def kept_tokens(num_tokens: int, keep_prob: float) -> int:
-    """How many of ``num_tokens`` patch tokens PatchDropout keeps: timm's rule,
-    ``max(1, int(num_tokens * keep_prob))``."""
-    return max(1, int(num_tokens * keep_prob))
+    """How many of ``num_tokens`` patch tokens :func:`jaxdrop.patch_dropout` keeps (timm's
+    ``max(1, int(num_tokens * keep_prob))``), read off the output shape it traces to."""
+    shape = jax.ShapeDtypeStruct((num_tokens, 1), jnp.float32)
+    out = jax.eval_shape(lambda x: jaxdrop.patch_dropout(jax.random.key(0), x, keep_prob), shape)
+    return out.shape[0]
