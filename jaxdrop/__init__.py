@@ -14,6 +14,7 @@ from jaxdrop._src.multihost import check_same_key as check_same_key
 from jaxdrop._src.patch_dropout import patch_dropout as patch_dropout
 from jaxdrop._src.patch_dropout import patch_restore as patch_restore
 from jaxdrop._src.plotting import plot_masks as plot_masks
+from jaxdrop._src.random_erasing import random_erasing as random_erasing
 from jaxdrop._src.schedules import layer_keep_probs as layer_keep_probs
 from jaxdrop._src.spatial_dropout import spatial_dropout as spatial_dropout
 
@@ -33,5 +34,6 @@ __all__ = [
     "patch_dropout",
     "patch_restore",
     "plot_masks",
+    "random_erasing",
     "spatial_dropout",
 ]
