@@ -9,8 +9,6 @@ import jax
 import numpy as np
 import pytest
 
-import jaxdrop
-
 pytest.importorskip("sklearn")
 matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")
@@ -104,8 +102,6 @@ def test_patch_dropout_figure(tmp_path, examples):
 
 
 def test_random_erasing_figure(tmp_path, examples):
-    if not hasattr(jaxdrop, "random_erasing"):
-        pytest.skip("this checkout has no jaxdrop.random_erasing")
     figures = importlib.import_module("plot_vision_masks")
     path = tmp_path / "random_erasing.png"
     figures.random_erasing_figure(path, seed=0)
