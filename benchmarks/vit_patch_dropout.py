@@ -173,10 +173,10 @@ def main(argv=None) -> str:
     lines += [
         f"- Load average at the end: {harness.fmt(os.getloadavg()[0])}; "
         f"{minutes:.1f} minutes in all",
-        "- Steady state: the median of the timed steps after "
-        f"{args.warmup} untimed one(s); compile time: `jit(...).lower(...).compile()` plus the "
-        "first call; the variants are timed round-robin, every call ends in "
-        "`block_until_ready()`",
+        "- Steady state: the median of the timed steps, after the compiling call, "
+        f"{args.warmup} warm-up step(s) and one untimed step that sizes the repeats; compile "
+        "time: `jit(...).lower(...).compile()` plus the first call; the variants are timed "
+        "round-robin, every call ends in `block_until_ready()`",
     ]
     text = report(args, measured, kept, lines)
     print(text)
