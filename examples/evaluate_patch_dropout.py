@@ -144,7 +144,10 @@ def train_one(args, data, keep_prob, seed, steps, predict) -> dict:
 def run_all(args, data, out: Path, progress) -> dict[str, list[dict]]:
     """Trains every keep_prob once per seed; reuses what ``runs.json`` already holds."""
     path = out / "runs.json"
-    ident = {k: v for k, v in vars(args).items() if k not in ("out", "seeds")}
+    # Through JSON, as it is saved (tuples become lists), so that a saved setup compares equal.
+    ident = json.loads(
+        json.dumps({k: v for k, v in vars(args).items() if k not in ("out", "seeds")})
+    )
     saved = json.loads(path.read_text()) if path.exists() else {}
     runs = saved.get("runs", {}) if saved.get("setup") == ident else {}
     predict = predict_fn(args)

@@ -101,6 +101,7 @@ def test_patch_dropout_figure(tmp_path, examples):
     assert np.any(np.all(np.abs(png[..., :3] - figures.DROPPED_GREY) < 0.01, axis=-1))
 
 
+@pytest.mark.slow  # random_erasing compiled for four fills, eagerly
 def test_random_erasing_figure(tmp_path, examples):
     figures = importlib.import_module("plot_vision_masks")
     path = tmp_path / "random_erasing.png"
