@@ -155,12 +155,15 @@ def compile_table(r: Results, variants, size, bounded: bool) -> list[str]:
             ]
         )
     stages = list(size["stage_sizes"])
+    # Groups 3 and 4 run at 1/16 and 1/32 of the input (conv1, the max pool and the first
+    # blocks of groups 2 to 4 halve it, rounding up): 7x7 and 4x4 at 112 px, 2x2 and 1x1 at 32.
+    g3, g4 = -(-size["image"] // 16), -(-size["image"] // 32)
     role = (
         "the benchmark's size, bounded by the compile-time target"
         if bounded
-        else "small activations, reported with no bound: block 7 is clipped to the maps of groups "
-        "3 and 4, so every seed grid has one position per example and channel"
+        else "reported with no bound"
     )
+    role += f"; groups 3 and 4 on {g3}x{g3} and {g4}x{g4} maps after their first stride"
     return [
         f"## Compile time: ResNet train step at {size['image']} px, stages {stages}, "
         f"{resnet.regularizer_sites(size['stage_sizes'])} regulariser call sites",

@@ -47,10 +47,8 @@ class Target:
         return "–" if math.isnan(self.value) else f"{self.value:.2f}{self.unit}"
 
     def line(self) -> str:
-        return (
-            f"{self.verdict:12s} {self.area}: {self.text}: measured {self.measured} "
-            f"(bound {self.bound_text})"
-        )
+        measured = self.measured if self.test else f"measured {self.measured}"
+        return f"{self.verdict:12s} {self.area}: {self.text}: {measured} (bound {self.bound_text})"
 
 
 def allocator_targets(r: Results, index: Index) -> list[Target]:
