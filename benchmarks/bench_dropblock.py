@@ -45,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--quick",
         action="store_true",
         help="small sizes to check the script: the two headline shapes in float32, 5 repeats, a "
-        "ResNet with stages [1, 1, 1, 1] compiled once, 1 and 2 devices",
+        "ResNet with stages [1, 1, 1, 1] compiled once at 64 and 32 px, 1 and 2 devices",
     )
     parser.add_argument("--shapes", default=SHAPES, help="matrix: comma-separated NHWC shapes")
     parser.add_argument("--dtypes", default="float32,bfloat16", help="matrix: dtypes")
@@ -57,6 +57,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-backward", action="store_true", help="matrix: forward only")
     parser.add_argument(
         "--compile-repeats", type=int, default=3, help="compile: measurements per variant"
+    )
+    parser.add_argument(
+        "--compile-images",
+        default=None,
+        help="compile: comma-separated input sizes in px; the first is bounded by the target, the "
+        "others are reported with no bound (default: 112,32; with --quick: 64,32)",
     )
     parser.add_argument("--device-counts", default="1,2,4,8", help="devices: simulated counts")
     parser.add_argument(
@@ -76,6 +82,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.blocks_for = {shape: blocks for shape in shapes}
     args.dtypes = [d for d in args.dtypes.split(",") if d]
     args.device_counts = [int(n) for n in args.device_counts.split(",") if n]
+    images = args.compile_images
+    if images is None:
+        import compile_time
+
+        images = ",".join(
+            str(i) for i in (compile_time.QUICK_IMAGES if args.quick else compile_time.IMAGES)
+        )
+    args.compile_images = [int(i) for i in images.split(",") if i]
     if args.quick:
         args.blocks_for = dict(QUICK_MATRIX)
         args.dtypes = ["float32"]
@@ -129,7 +143,10 @@ def main(argv=None) -> None:
     if "compile" in args.parts:
         import compile_time
 
-        results.compile = compile_time.run(args.keep_prob, args.compile_repeats, args.quick)
+        results.compile = [
+            compile_time.run(args.keep_prob, args.compile_repeats, args.quick, image=image)
+            for image in args.compile_images
+        ]
     if "devices" in args.parts:
         import devices
 

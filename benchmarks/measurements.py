@@ -24,7 +24,7 @@ class Results:
     matrix: list = field(default_factory=list)
     tuned: dict | None = None
     vmap: list | None = None
-    compile: tuple | None = None
+    compile: list | None = None  # (variants, size) per input size, the bounded one first
     devices: dict | None = None
     pieces: dict | None = None
     peers: list = field(default_factory=list)
