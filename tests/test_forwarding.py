@@ -148,16 +148,17 @@ def test_module_matches_its_function(key, framework, name, row):
 def test_min_keep_prob_is_forwarded(key, framework):
     # A concrete keep_prob below min_keep_prob raises, as in the function, only if the module
     # passes min_keep_prob on.
-    args, options = (jnp.float32(0.5), (3, 2)), CALLS["dropblock"][1][0]
+    keep_prob, block_size, options = jnp.float32(0.5), (3, 2), CALLS["dropblock"][1][0]
     with pytest.raises(ValueError, match="`keep_prob` must be at least `min_keep_prob`"):
-        jaxdrop.dropblock(key, X, *args, **options)
+        jaxdrop.dropblock(key, X, keep_prob, block_size, **options)
+    args = dict(keep_prob=keep_prob, block_size=block_size, **options)
     with pytest.raises(ValueError, match="`keep_prob` must be at least `min_keep_prob`"):
         if framework == "linen":
-            jaxdrop.linen.DropBlock(*args, **options).apply({}, X, deterministic=False, rng=key)
+            jaxdrop.linen.DropBlock(**args).apply({}, X, deterministic=False, rng=key)
         elif framework == "nnx":
-            jaxdrop.nnx.DropBlock(*args, **options)(X, rngs=key)
+            jaxdrop.nnx.DropBlock(**args)(X, rngs=key)
         else:
-            jeqx.DropBlock(*args, **options)(X, key=key)
+            jeqx.DropBlock(**args)(X, key=key)
 
 
 def test_dropconnect_modules_forward_where(key):
