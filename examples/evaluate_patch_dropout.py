@@ -46,7 +46,8 @@ from digits import report
 # The statistics and table cells of the regularisers' evaluation (the same design).
 from digits.comparison import diff_cell, interval_cell, metric, pct
 from digits.data import load_data
-from digits.train import accuracy, in_chunks, init_key, loss_fn
+from digits.train import accuracy, in_chunks
+from digits.trainers import init_key, loss_fn
 from digits.vit import ViT, kept_tokens
 
 KEEP_PROBS = (1.0, 0.75, 0.5, 0.25)
