@@ -9,6 +9,17 @@ from jaxdrop._src.equinox_modules import DropBlock as DropBlock
 from jaxdrop._src.equinox_modules import DropConnect as DropConnect
 from jaxdrop._src.equinox_modules import Dropout as Dropout
 from jaxdrop._src.equinox_modules import DropPath as DropPath
+from jaxdrop._src.equinox_modules import PatchDropout as PatchDropout
+from jaxdrop._src.equinox_modules import RandomErasing as RandomErasing
 from jaxdrop._src.equinox_modules import SpatialDropout as SpatialDropout
 
-__all__ = ["Cutout", "DropBlock", "DropConnect", "DropPath", "Dropout", "SpatialDropout"]
+__all__ = [
+    "Cutout",
+    "DropBlock",
+    "DropConnect",
+    "DropPath",
+    "Dropout",
+    "PatchDropout",
+    "RandomErasing",
+    "SpatialDropout",
+]

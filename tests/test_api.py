@@ -34,8 +34,26 @@ KEYED = [
     for name in FUNCTIONS
     if list(inspect.signature(getattr(jaxdrop, name)).parameters)[:1] == ["rng"]
 ]
-FAMILY = ["dropout", "spatial_dropout", "dropblock", "drop_path", "cutout", "dropconnect"]
-MODULES = ["Dropout", "SpatialDropout", "DropBlock", "DropPath", "Cutout", "DropConnect"]
+FAMILY = [
+    "dropout",
+    "spatial_dropout",
+    "dropblock",
+    "drop_path",
+    "cutout",
+    "dropconnect",
+    "patch_dropout",
+    "random_erasing",
+]
+MODULES = [
+    "Dropout",
+    "SpatialDropout",
+    "DropBlock",
+    "DropPath",
+    "Cutout",
+    "DropConnect",
+    "PatchDropout",
+    "RandomErasing",
+]
 # The names the data may take (second parameter of a key-taking function).
 DATA_NAMES = ("x", "params", "tokens", "images")
 # Module name -> function name.
@@ -44,7 +62,10 @@ MODULE_FUNCTION = dict(zip(MODULES, FAMILY, strict=True))
 WRAPPER_ARGS = ("deterministic", "rng_collection")
 # Equinox layers see one channels-first example (as eqx.nn.Conv2d), so the layout defaults
 # differ from the functions' batched channels-last ones; every other default is the function's.
-EQUINOX_DEFAULTS = {"spatial_dims": (-2, -1), "mode": "batch"}
+EQUINOX_DEFAULTS = {"spatial_dims": (-2, -1), "channel_axis": -3, "mode": "batch"}
+# The probability each module takes by name: keep_prob (or rate), or RandomErasing's p (the
+# probability of erasing, as torchvision's). Optional at construction: it may come at call time.
+PROBABILITIES = ("keep_prob", "p")
 
 
 def test_public_api():
@@ -72,6 +93,7 @@ INFRASTRUCTURE = {
     "schedules": "layer_keep_probs",
     "plotting": "plot_masks",
     "multihost": "check_same_key",
+    "by_name": "the modules' keyword-only constructors",
 }
 
 
@@ -128,14 +150,25 @@ def _function_args(module_name):
     # The modules take the probability by name, either spelling, or neither at construction.
     out = []
     for n, d in args:
-        out += [("keep_prob", None), ("rate", None)] if n == "keep_prob" else [(n, d)]
+        if n == "keep_prob":
+            out += [("keep_prob", None), ("rate", None)]
+        else:
+            out += [(n, None if n == "p" else d)]
     return out
+
+
+def _call_probability(module_name):
+    """The call-time probability arguments: ``keep_prob`` and ``rate``, or ``p``, or none."""
+    names = [n for n, _ in _function_args(module_name)]
+    if "keep_prob" in names:
+        return ["keep_prob", "rate"]
+    return ["p"] if "p" in names else []
 
 
 def _check_keyword_only(name, params):
     """A module with a probability takes its arguments by name (DropConnect's ``layer`` aside);
     Cutout, which has none, takes its required ``size`` positionally, as its function."""
-    has_probability = "keep_prob" in [p.name for p in params]
+    has_probability = any(p.name in PROBABILITIES for p in params)
     for p in params:
         if p.name == "layer" or (not has_probability and p.default is P.empty):
             assert p.kind in POSITIONAL, f"{name}.{p.name}"
@@ -184,7 +217,7 @@ def test_equinox_fields_follow_the_function(name):
     # Configuration is static (part of the jit cache key, as eqx.nn.Conv's kernel_size); the
     # numeric values (keep_prob, fill), the layer and `inference` are leaves, as in eqx.nn.Dropout.
     static = {f.name for f in dataclasses.fields(cls) if f.metadata.get("static", False)}
-    numeric = {"keep_prob", "rate", "fill", "layer", "inference"}
+    numeric = {"keep_prob", "rate", "p", "fill", "layer", "inference"}
     assert static == {f.name for f in dataclasses.fields(cls)} - numeric, name
 
 
@@ -193,8 +226,7 @@ def test_equinox_call_signature(name):
     """``__call__(x, *, key=None, inference=None, keep_prob=None, rate=None)``, as
     eqx.nn.Dropout's plus the probability."""
     call = list(inspect.signature(getattr(jaxdrop.equinox, name).__call__).parameters.values())
-    has_keep_prob = "keep_prob" in [n for n, _ in _function_args(name)]
-    options = ["key", "inference"] + (["keep_prob", "rate"] if has_keep_prob else [])
+    options = ["key", "inference"] + _call_probability(name)
     if name == "DropConnect":
         # The layer's own arguments pass through.
         assert [(p.name, p.kind) for p in call[1:2]] == [("args", P.VAR_POSITIONAL)]
@@ -212,13 +244,13 @@ def test_equinox_call_signature(name):
 @pytest.mark.parametrize("name", MODULES)
 def test_call_time_overrides(name):
     """Every module with a keep_prob takes a call-time `keep_prob=` or `rate=` (a traced schedule
-    value), keyword-only."""
-    has_keep_prob = "keep_prob" in [n for n, _ in _function_args(name)]
+    value), keyword-only; RandomErasing its `p=`."""
+    expected = _call_probability(name)
     for cls in (getattr(jaxdrop.linen, name), getattr(jaxdrop.nnx, name)):
         call = inspect.signature(cls.__call__).parameters
-        for spelling in ("keep_prob", "rate"):
-            assert (spelling in call) == has_keep_prob
-            if has_keep_prob:
+        for spelling in ("keep_prob", "rate", "p"):
+            assert (spelling in call) == (spelling in expected)
+            if spelling in expected:
                 assert call[spelling].kind == P.KEYWORD_ONLY
                 assert call[spelling].default is None
         assert call["deterministic"].default is None
@@ -242,11 +274,13 @@ def test_per_method_tables_cover_every_method():
         for name in FAMILY
         if list(inspect.signature(getattr(jaxdrop, name)).parameters)[1] == "x"
     }
+    # patch_dropout's keep_prob is static (it sets the output's shape): KEEP_PROB_METHODS tests a
+    # traced one, which patch_dropout rejects (tests/test_patch_dropout.py).
     with_keep_prob = {
         name
         for name in FAMILY
         if "keep_prob" in inspect.signature(getattr(jaxdrop, name)).parameters
-    }
+    } - {"patch_dropout"}
     assert takes_x <= names(test_properties.ALL_CASES), takes_x - names(test_properties.ALL_CASES)
     assert with_keep_prob <= names(test_properties.KEEP_PROB_METHODS)
     assert takes_x <= names(test_sharding.METHODS), takes_x - names(test_sharding.METHODS)

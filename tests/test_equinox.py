@@ -17,6 +17,8 @@ import jaxdrop.equinox as jeqx
 # One channels-first example, as eqx.nn.Conv2d takes it.
 X = jax.random.uniform(jax.random.key(7), (3, 10, 12), jnp.float32, 0.5, 2.0)
 HWC = jnp.moveaxis(X, 0, -1)
+# One example's tokens for PatchDropout: (L, C) = (10, 12), the first a class token.
+TOKENS = X[0]
 
 # name: (module, the function with the same arguments; `x` is one example).
 MODULES = {
@@ -61,10 +63,28 @@ MODULES = {
         jeqx.Cutout(4, spatial_dims=(0, 1)),
         lambda k, x: jaxdrop.cutout(k, x, 4, spatial_dims=(0, 1)),
     ),
+    # One example's (L, C) tokens: the function's single-example rule.
+    "PatchDropout-tokens": (
+        jeqx.PatchDropout(keep_prob=0.5, num_prefix_tokens=1, ordered=True),
+        lambda k, x: jaxdrop.patch_dropout(k, x, 0.5, num_prefix_tokens=1, ordered=True),
+    ),
+    # One (C, H, W) image, erased for sure: the rectangle is shared over the channels.
+    "RandomErasing": (
+        jeqx.RandomErasing(p=1.0, max_count=2),
+        lambda k, x: jaxdrop.random_erasing(
+            k, x, 1.0, max_count=2, spatial_dims=(-2, -1), channel_axis=-3
+        ),
+    ),
+    "RandomErasing-HWC": (
+        jeqx.RandomErasing(p=1.0, spatial_dims=(0, 1), channel_axis=-1),
+        lambda k, x: jaxdrop.random_erasing(k, x, 1.0),
+    ),
 }
 
 
 def _input(name):
+    if name.endswith("tokens"):
+        return TOKENS
     return HWC if name.endswith("HWC") else X
 
 
@@ -83,7 +103,8 @@ def test_module_is_the_function(name, make_key):
     x, key = _input(name), make_key(3)
     y = module(x, key=key)
     np.testing.assert_array_equal(y, fn(key, x))
-    assert y.shape == x.shape and y.dtype == x.dtype
+    assert y.dtype == x.dtype
+    assert y.shape == x.shape or name.startswith("PatchDropout")  # it keeps fewer tokens
     assert not np.array_equal(y, x)  # it does drop (fixed key)
 
 
@@ -242,8 +263,10 @@ def test_vmapped_layers_equal_a_per_example_loop_exactly():
     layers = [name for name in MODULES if not name.endswith("HWC")]
     for name in layers:
         module, _ = MODULES[name]
-        ys = jax.vmap(lambda x, k, m=module: m(x, key=k))(xs, keys)
-        loop = jnp.stack([module(x, key=k) for x, k in zip(xs, keys, strict=True)])
+        # PatchDropout sees one example's (L, C) tokens: the first channel's (12, 12).
+        inputs = xs[:, 0] if name.endswith("tokens") else xs
+        ys = jax.vmap(lambda x, k, m=module: m(x, key=k))(inputs, keys)
+        loop = jnp.stack([module(x, key=k) for x, k in zip(inputs, keys, strict=True)])
         np.testing.assert_array_equal(ys, loop, err_msg=name)
 
 
@@ -360,3 +383,43 @@ def test_dropconnect_masked_weight_is_kept_entries_times_scale(key):
     # A custom `where` chooses the leaves: here none, so the layer runs unchanged.
     nothing = jeqx.DropConnect(layer, keep_prob=0.5, where=_by_name("kernel"))
     np.testing.assert_array_equal(nothing(jnp.ones(64), key=key), layer(jnp.ones(64)))
+
+
+def test_patch_dropout_keeps_its_structure_in_inference(key):
+    # With return_indices, inference gives every token and every index, as training gives the
+    # kept ones: the caller's code does not branch on the mode.
+    module = jeqx.PatchDropout(rate=0.7, num_prefix_tokens=1, return_indices=True)
+    out, indices = module(TOKENS, key=key)
+    assert out.shape == (1 + 2, 12) and indices.shape == (2,)  # max(1, int(9 * 0.3)) = 2
+    np.testing.assert_array_equal(out[1:], TOKENS[1:][indices])
+    out, indices = eqx.nn.inference_mode(module)(TOKENS)
+    np.testing.assert_array_equal(out, TOKENS)
+    np.testing.assert_array_equal(indices, np.arange(9))
+    assert indices.dtype == jnp.int32
+    # A traced call-time probability is the function's error: it sets the output's length.
+    with pytest.raises(TypeError, match="`keep_prob` of `patch_dropout` must be a concrete"):
+        eqx.filter_jit(lambda m, x, r: m(x, key=key, rate=r))(module, TOKENS, jnp.float32(0.5))
+
+
+@pytest.mark.slow
+def test_random_erasing_call_time_p_is_traced_without_retrace(key):
+    @eqx.filter_jit
+    def apply(module, x, key, p):
+        return module(x, key=key, p=p)
+
+    module = jeqx.RandomErasing(p=0.5)
+    outputs = [apply(module, X, key, jnp.float32(p)) for p in (0.0, 1.0)]
+    with oracle.compilations() as compiled:
+        outputs.append(apply(module, X, key, jnp.float32(0.5)))
+    assert compiled == []
+    for y, p in zip(outputs, (0.0, 1.0, 0.5), strict=True):
+        want = jaxdrop.random_erasing(
+            key, X, jnp.float32(p), spatial_dims=(-2, -1), channel_axis=-3
+        )
+        np.testing.assert_array_equal(y, want)
+    np.testing.assert_array_equal(outputs[0], X)
+    assert bool(jnp.any(outputs[1] != X))
+    with pytest.raises(TypeError, match=r"RandomErasing has no erasing probability.*p=0.25"):
+        jeqx.RandomErasing()(X, key=key)
+    with pytest.raises(TypeError, match="RandomErasing takes its arguments by name.*`p=`"):
+        jeqx.RandomErasing(0.25)  # pyright: ignore[reportCallIssue]

@@ -36,10 +36,23 @@ UNIT_MODULES = {
         lambda rngs: jaxdrop.nnx.Cutout(3, num_patches=2, fill=1.0, rngs=rngs),
         lambda k, x: jaxdrop.cutout(k, x, 3, num_patches=2, fill=1.0),
     ),
+    # Every image erased (p=1), so that training changes X under any key.
+    "RandomErasing": (
+        jaxdrop.linen.RandomErasing(p=1.0, max_count=2),
+        lambda rngs: jaxdrop.nnx.RandomErasing(p=1.0, max_count=2, rngs=rngs),
+        lambda k, x: jaxdrop.random_erasing(k, x, 1.0, max_count=2),
+    ),
 }
 
 
-@pytest.mark.parametrize("name", list(UNIT_MODULES))
+# Random Erasing's first compile takes 5 to 20 s on 2 shared cores (tests/test_equinox.py keeps
+# a quick check of its modules).
+UNIT_NAMES = [
+    pytest.param(n, marks=pytest.mark.slow) if n == "RandomErasing" else n for n in UNIT_MODULES
+]
+
+
+@pytest.mark.parametrize("name", UNIT_NAMES)
 def test_linen_module_is_the_function(name, key):
     module, _, fn = UNIT_MODULES[name]
     np.testing.assert_array_equal(module.apply({}, X, deterministic=True), X)
@@ -56,7 +69,7 @@ def test_linen_module_is_the_function(name, key):
         module.apply({}, X)  # deterministic given neither as attribute nor as argument
 
 
-@pytest.mark.parametrize("name", list(UNIT_MODULES))
+@pytest.mark.parametrize("name", UNIT_NAMES)
 def test_nnx_module_is_the_function(name, key):
     _, make, fn = UNIT_MODULES[name]
     layer = make(nnx.Rngs(dropout=0))
@@ -107,6 +120,141 @@ def test_call_time_keep_prob_overrides_without_retrace(key):
     assert compiled == []
     for y in zeros:
         np.testing.assert_array_equal(y, jnp.zeros_like(x))
+
+
+# --- PatchDropout and RandomErasing -------------------------------------------------------------
+
+# Four examples of a class token and 12 patch tokens of 3 features.
+TOKENS = X.reshape(4, 64, 3)[:, :13]
+
+
+def test_patch_dropout_modules_keep_their_structure_in_eval(key):
+    # Training is the function; eval returns every token and, with return_indices, every index,
+    # with the training output's structure, so the caller's code does not branch on the mode.
+    options = dict(num_prefix_tokens=1, ordered=True, return_indices=True)
+    out, indices = jaxdrop.patch_dropout(key, TOKENS, 0.5, **options)
+    assert out.shape == (4, 1 + 6, 3) and indices.shape == (4, 6)
+    everything = (TOKENS, np.broadcast_to(np.arange(12), (4, 12)))
+
+    linen = jaxdrop.linen.PatchDropout(rate=0.5, **options)
+    for got, want in zip(linen.apply({}, TOKENS, False, key), (out, indices), strict=True):
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip(linen.apply({}, TOKENS, True), everything, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+    layer = jaxdrop.nnx.PatchDropout(keep_prob=0.5, **options, rngs=nnx.Rngs(dropout=0))
+    for got, want in zip(layer(TOKENS, rngs=key), (out, indices), strict=True):
+        np.testing.assert_array_equal(got, want)
+    count = int(layer.rngs.count[...])
+    layer(TOKENS)
+    assert int(layer.rngs.count[...]) == count + 1
+    for view in (nnx.view(layer, deterministic=True), layer.eval() or layer):
+        for got, want in zip(view(TOKENS), everything, strict=True):
+            np.testing.assert_array_equal(got, want)
+    assert int(layer.rngs.count[...]) == count + 1  # evaluation draws no key
+
+
+def test_patch_dropout_modules_reject_a_traced_probability(key):
+    # The number of kept tokens sets the output's shape: the function's error, from the module.
+    match = "`keep_prob` of `patch_dropout` must be a concrete number"
+    linen = jaxdrop.linen.PatchDropout(keep_prob=0.5)
+    with pytest.raises(TypeError, match=match):
+        jax.jit(lambda r: linen.apply({}, TOKENS, False, key, rate=r))(jnp.float32(0.5))
+    layer = jaxdrop.nnx.PatchDropout(keep_prob=0.5, rngs=nnx.Rngs(dropout=0))
+    with pytest.raises(TypeError, match=match):
+        nnx.jit(lambda m, kp: m(TOKENS, keep_prob=kp))(layer, jnp.float32(0.5))
+
+
+@pytest.mark.slow
+def test_random_erasing_call_time_p_overrides_without_retrace(key):
+    # p is RandomErasing's probability, by name, at construction or at call time (traced).
+    linen = jaxdrop.linen.RandomErasing(p=0.5, fill=-1.0)
+    apply = jax.jit(lambda p: linen.apply({}, X, False, key, p=p))
+    np.testing.assert_array_equal(apply(jnp.float32(0.0)), X)
+    with oracle.compilations() as compiled:
+        erased = apply(jnp.float32(1.0))
+    assert compiled == []
+    np.testing.assert_array_equal(erased, jaxdrop.random_erasing(key, X, 1.0, fill=-1.0))
+    layer = jaxdrop.nnx.RandomErasing(fill=-1.0, rngs=nnx.Rngs(dropout=0))
+    np.testing.assert_array_equal(layer(X, p=1.0, rngs=key), erased)
+    with pytest.raises(TypeError, match="RandomErasing has no erasing probability"):
+        layer(X)
+    for make in (jaxdrop.linen.RandomErasing, lambda p: jaxdrop.nnx.RandomErasing(p)):
+        with pytest.raises(TypeError, match="takes its arguments by name.*`p=`"):
+            make(0.25)
+
+
+class LinenTokens(nn.Module):
+    """Random Erasing on the images, then 4 x 4 patches, a class token and PatchDropout."""
+
+    @nn.compact
+    def __call__(self, x, train):
+        x = jaxdrop.linen.RandomErasing(p=0.5)(x, not train)
+        n, h, w, c = x.shape
+        patches = x.reshape(n, h // 4, 4, w // 4, 4, c).transpose(0, 1, 3, 2, 4, 5)
+        tokens = nn.Dense(8)(patches.reshape(n, -1, 16 * c))
+        cls = jnp.zeros((n, 1, 8), tokens.dtype)
+        kept = jaxdrop.linen.PatchDropout(keep_prob=0.5, num_prefix_tokens=1)(
+            jnp.concatenate([cls, tokens], axis=1), not train
+        )
+        return nn.Dense(2)(jnp.mean(nn.relu(nn.Dense(8)(kept)), axis=1))
+
+
+class NnxTokens(nnx.Module):
+    def __init__(self, rngs):
+        self.erase = jaxdrop.nnx.RandomErasing(p=0.5, rngs=rngs)
+        self.embed = nnx.Linear(48, 8, rngs=rngs)
+        self.drop = jaxdrop.nnx.PatchDropout(keep_prob=0.5, num_prefix_tokens=1, rngs=rngs)
+        self.head = nnx.Linear(8, 2, rngs=rngs)
+
+    def __call__(self, x):
+        x = self.erase(x)
+        n, h, w, c = x.shape
+        patches = x.reshape(n, h // 4, 4, w // 4, 4, c).transpose(0, 1, 3, 2, 4, 5)
+        tokens = self.embed(patches.reshape(n, -1, 16 * c))
+        kept = self.drop(jnp.concatenate([jnp.zeros((n, 1, 8)), tokens], axis=1))
+        return self.head(jnp.mean(nnx.relu(kept), axis=1))
+
+
+@pytest.mark.slow
+def test_token_modules_in_a_jitted_train_step(key):
+    labels = jnp.array([0, 1, 0, 1])
+    model = LinenTokens()
+    params = model.init(key, X, train=False)["params"]
+
+    @jax.jit
+    def grads(params, rng):
+        def loss_fn(params):
+            logits = model.apply({"params": params}, X, train=True, rngs={"dropout": rng})
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+        return jax.value_and_grad(loss_fn)(params)
+
+    loss, g = grads(params, key)
+    assert bool(jnp.isfinite(loss))
+    assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(g))
+    assert bool(jnp.any(g["Dense_0"]["kernel"] != 0))
+    evaluate = jax.jit(lambda p: model.apply({"params": p}, X, train=False))
+    np.testing.assert_array_equal(evaluate(params), evaluate(params))
+
+    net = NnxTokens(nnx.Rngs(params=0, dropout=1))
+    optimizer = nnx.Optimizer(net, optax.sgd(0.1), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(net, optimizer):
+        def loss_fn(net):
+            return optax.softmax_cross_entropy_with_integer_labels(net(X), labels).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(net)
+        optimizer.update(net, grads)
+        return loss
+
+    count = int(net.drop.rngs.count[...])
+    assert bool(jnp.isfinite(step(net, optimizer)))
+    assert int(net.drop.rngs.count[...]) == count + 1  # the stream advanced in the step
+    assert int(net.erase.rngs.count[...]) == count + 1
+    net.eval()
+    np.testing.assert_array_equal(nnx.jit(lambda m: m(X))(net), nnx.jit(lambda m: m(X))(net))
 
 
 # --- DropConnect ---------------------------------------------------------------------------------

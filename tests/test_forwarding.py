@@ -62,6 +62,23 @@ CALLS = {
     ),
     "cutout": ((3,), [dict(spatial_dims=(1, 3), num_patches=2, fill=-1.0)]),
     "dropconnect": ((0.5,), [dict(where=_bias_only)]),
+    # X as (4, 6) examples of (L, C) = (8, 10) tokens.
+    "patch_dropout": ((0.5,), [dict(num_prefix_tokens=2, ordered=True, return_indices=True)]),
+    # Axes 0 and 1 as (H, W) of images without channels (so that either option alone may go
+    # back to its default without the two colliding).
+    "random_erasing": (
+        (0.7,),
+        [
+            dict(
+                area=(0.1, 0.5),
+                aspect=(0.5, 2.0),
+                fill=-1.0,  # "pixel" and "channel" compile 3 to 5 times slower here
+                max_count=3,
+                spatial_dims=(0, 1),
+                channel_axis=None,
+            )
+        ],
+    ),
 }
 CLASSES = {
     "dropblock": "DropBlock",
@@ -70,8 +87,16 @@ CLASSES = {
     "drop_path": "DropPath",
     "cutout": "Cutout",
     "dropconnect": "DropConnect",
+    "patch_dropout": "PatchDropout",
+    "random_erasing": "RandomErasing",
 }
 ROWS = [(name, i) for name, (_, rows) in CALLS.items() for i in range(len(rows))]
+
+
+def _equal(a, b):
+    """Bit for bit, for an array or a tuple of them (patch_dropout's ``(out, indices)``)."""
+    a, b = jax.tree.leaves(a), jax.tree.leaves(b)
+    return len(a) == len(b) and all(np.array_equal(u, v) for u, v in zip(a, b, strict=True))
 
 
 def _defaults(name):
@@ -106,15 +131,16 @@ def test_every_option_changes_the_output(key, name, row):
         # contract): test_min_keep_prob_is_forwarded checks that modules pass it on.
         if value != defaults[option] and option != "min_keep_prob":
             other = fn(key, X, *args, **(options | {option: defaults[option]}))
-            assert not np.array_equal(y, other), option
+            assert not _equal(y, other), option
 
 
-# linen's dropout and dropblock (the slowest) only in the full run.
+# linen's dropout and dropblock (the slowest) only in the full run, and random_erasing, whose
+# first compile takes over 10 s on 2 shared cores (tests/test_equinox.py checks its modules).
 @pytest.mark.parametrize(
     "framework, name, row",
     [
         pytest.param(f, *r, marks=pytest.mark.slow)
-        if f == "linen" and r in (("dropout", 0), ("dropblock", 0))
+        if (f == "linen" and r in (("dropout", 0), ("dropblock", 0))) or r[0] == "random_erasing"
         else (f, *r)
         for f in ("linen", "nnx", "equinox")
         for r in ROWS
@@ -141,7 +167,7 @@ def test_module_matches_its_function(key, framework, name, row):
             spatial = tuple(d + 1 for d in options["spatial_dims"])
             fn = jaxdrop.cutout
             want = fn(key, X[None], *args, **(options | dict(spatial_dims=spatial)))[0]
-    np.testing.assert_array_equal(got, want)
+    assert _equal(got, want)
 
 
 @pytest.mark.parametrize("framework", ["linen", "nnx", "equinox"])

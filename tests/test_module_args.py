@@ -17,7 +17,10 @@ from flax import nnx
 import jaxdrop
 import jaxdrop.equinox as jeqx
 
-NAMES = ["DropBlock", "Dropout", "SpatialDropout", "DropPath", "DropConnect"]
+NAMES = ["DropBlock", "Dropout", "SpatialDropout", "DropPath", "DropConnect", "PatchDropout"]
+# PatchDropout's probability sets its output's shape, so it cannot be traced: a traced one is the
+# function's TypeError (tests/test_family_modules.py, tests/test_equinox.py).
+TRACEABLE = [n for n in NAMES if n != "PatchDropout"]
 FRAMEWORKS = ["linen", "nnx", "equinox"]
 # Channels last for linen and NNX (a batch), channels first for Equinox (one example); values
 # away from 0, so that a dropped unit shows.
@@ -93,7 +96,7 @@ def test_probability_by_name(framework, name, key):
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", TRACEABLE)
 def test_traced_call_time_rate(framework, name, key):
     """A schedule's rate, traced under jit: one trace for every value, and the eager result."""
     layer = _build(framework, name, rate=0.5)

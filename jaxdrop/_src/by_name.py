@@ -28,17 +28,20 @@ def by_name(cls: _T) -> _T:
         for p in inspect.signature(init).parameters.values()
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
     ][1:]
-    stops = [i for i, n in enumerate(names) if n in ("keep_prob", "rate", "parent", "name")]
+    stops = [i for i, n in enumerate(names) if n in ("keep_prob", "rate", "p", "parent", "name")]
     allowed = stops[0] if stops else len(names)
     name = cls.__name__
+    parameters = inspect.signature(init).parameters
+    if "keep_prob" in parameters:
+        hint = KEEP_PROB_OR_RATE
+    else:  # RandomErasing's probability of erasing is `p`, as torchvision's.
+        hint = "give each by name, e.g. `p=` (the probability of erasing an image)."
 
     @functools.wraps(init)
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         if len(args) > allowed:
             extra = ", ".join(repr(a) for a in args[allowed:])
-            raise TypeError(
-                f"{name} takes its arguments by name, got positional {extra}: " + KEEP_PROB_OR_RATE
-            )
+            raise TypeError(f"{name} takes its arguments by name, got positional {extra}: " + hint)
         init(self, *args, **kwargs)
 
     cls.__init__ = __init__  # pyright: ignore[reportAttributeAccessIssue]

@@ -228,6 +228,24 @@ def module_keep_prob(
     )
 
 
+# The fill modes of random_erasing, for the modules' annotations.
+FillMode = Literal["zeros", "channel", "pixel"]
+
+
+def module_p(module: object, p: object = None) -> float | jax.Array:
+    """A RandomErasing module's ``p``: the call's, else the constructor's; neither is an error."""
+    if p is None:
+        p = getattr(module, "p", None)
+    if p is None:
+        name = type(module).__name__
+        raise TypeError(
+            f"{name} has no erasing probability, neither in its constructor nor in the call: "
+            f"give it by name, e.g. `{name}(p=0.25, ...)` or `layer(x, p=0.25)` (a traced "
+            "value, such as a schedule's, is fine at call time)."
+        )
+    return cast("float | jax.Array", p)
+
+
 def canonical_axes(
     axes: int | Sequence[int], ndim: int, name: str, *, shape: tuple[int, ...] | None = None
 ) -> tuple[int, ...]:

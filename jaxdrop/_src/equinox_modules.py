@@ -32,6 +32,8 @@ from jaxdrop._src.drop_path import MODE_CHOICES, drop_path
 from jaxdrop._src.dropblock import dropblock
 from jaxdrop._src.dropconnect import Where, dropconnect, is_weight_matrix
 from jaxdrop._src.dropout import dropout
+from jaxdrop._src.patch_dropout import patch_dropout
+from jaxdrop._src.random_erasing import random_erasing
 from jaxdrop._src.spatial_dropout import spatial_dropout
 
 # One channels-first example, as eqx.nn.Conv2d takes it: (C, H, W).
@@ -359,6 +361,133 @@ class Cutout(eqx.Module):
             num_patches=self.num_patches,
             fill=self.fill,
         )[0]
+
+
+@by_name
+class PatchDropout(eqx.Module):
+    """PatchDropout as an Equinox module: the arguments are :func:`jaxdrop.patch_dropout`'s, by
+    name.
+
+    ``x`` is one example's ``(L, C)`` tokens (the model is ``jax.vmap``ped with one key per
+    example). timm's ``PatchDropout(prob, num_prefix_tokens)`` is ``PatchDropout(rate=prob,
+    num_prefix_tokens=...)``; ``num_prefix_tokens`` defaults to the function's 0, not timm's 1.
+    The probability is static (it sets the output's length): a traced call-time one is the
+    function's ``TypeError``. In inference mode every token comes back unchanged and, with
+    ``return_indices=True``, with all the indices ``0 .. L_p - 1`` (the function at
+    ``keep_prob=1``), so the caller's code is the same in both modes.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> import equinox as eqx
+      >>> import jaxdrop.equinox
+      >>> layer = jaxdrop.equinox.PatchDropout(keep_prob=0.5, num_prefix_tokens=1)
+      >>> x = jnp.ones((1 + 64, 192))  # one example's tokens
+      >>> layer(x, key=jax.random.key(0)).shape
+      (33, 192)
+      >>> eqx.nn.inference_mode(layer)(x).shape
+      (65, 192)
+    """
+
+    _: dataclasses.KW_ONLY
+    keep_prob: float | jax.Array | None = None
+    rate: float | jax.Array | None = None
+    num_prefix_tokens: int = _static(0)
+    ordered: bool = _static(False)
+    return_indices: bool = _static(False)
+    inference: bool = False
+
+    def __check_init__(self) -> None:
+        check_probability(self)
+        checks.check_count(self.num_prefix_tokens, "num_prefix_tokens", minimum=0)
+        checks.check_bool(self.ordered, "ordered")
+        checks.check_bool(self.return_indices, "return_indices")
+
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        key: jax.Array | None = None,
+        inference: bool | None = None,
+        keep_prob: float | jax.Array | None = None,
+        rate: float | jax.Array | None = None,
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """Applies PatchDropout unless in inference mode; a call-time probability wins."""
+        keep_prob = checks.module_keep_prob(self, keep_prob, rate)
+        key = training_key(self, key, inference, keep_prob)
+        if key is None:
+            # The function at keep_prob 1 returns every token (and every index), drawing nothing.
+            key, keep_prob = jax.random.key(0), 1.0
+        return patch_dropout(
+            key,
+            x,
+            keep_prob,
+            num_prefix_tokens=self.num_prefix_tokens,
+            ordered=self.ordered,
+            return_indices=self.return_indices,
+        )
+
+
+@by_name
+class RandomErasing(eqx.Module):
+    """Random Erasing as an Equinox module: the arguments are :func:`jaxdrop.random_erasing`'s,
+    by name.
+
+    An augmentation: use it on the input image, in training only. ``x`` is one channels-first
+    image, ``(C, H, W)`` as ``eqx.nn.Conv2d`` takes it: ``spatial_dims=(-2, -1)`` and
+    ``channel_axis=-3`` by default (pass ``spatial_dims=(-3, -2), channel_axis=-1`` for ``(H, W,
+    C)``); the model is ``jax.vmap``ped with one key per image. ``p`` is the probability of
+    erasing the image, as torchvision's and the function's ``p`` (timm's ``probability``); like
+    the other modules' probability it is given by name, at construction or at call time (the
+    call's wins, and may be traced, e.g. a schedule's value). ``p`` and ``fill`` are leaves (as
+    ``Cutout``'s ``fill``): use ``eqx.filter_jit``, which keeps a string ``fill`` static.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> import jaxdrop.equinox
+      >>> layer = jaxdrop.equinox.RandomErasing(p=0.25, fill="pixel")
+      >>> layer(jnp.ones((3, 32, 32)), key=jax.random.key(0)).shape
+      (3, 32, 32)
+    """
+
+    _: dataclasses.KW_ONLY
+    p: float | jax.Array | None = None
+    area: tuple[float, float] = _static_ints((0.02, 1 / 3))
+    aspect: tuple[float, float] = _static_ints((0.3, 10 / 3))
+    fill: checks.FillMode | float | jax.Array = "zeros"
+    max_count: int = _static(1)
+    spatial_dims: Sequence[int] = _static_ints(SPATIAL_DIMS)
+    channel_axis: int | None = _static(-3)
+    inference: bool = False
+
+    def __check_init__(self) -> None:
+        if self.p is not None:
+            checks.check_keep_prob(self.p, "p")
+        checks.check_count(self.max_count, "max_count", minimum=1)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        key: jax.Array | None = None,
+        inference: bool | None = None,
+        p: float | jax.Array | None = None,
+    ) -> jax.Array:
+        """Applies Random Erasing unless in inference mode; a call-time ``p`` wins."""
+        p = checks.module_p(self, p)
+        key = training_key(self, key, inference)
+        if key is None:
+            return x
+        return random_erasing(
+            key,
+            x,
+            p,
+            area=self.area,
+            aspect=self.aspect,
+            fill=self.fill,
+            max_count=self.max_count,
+            spatial_dims=self.spatial_dims,
+            channel_axis=self.channel_axis,
+        )
 
 
 @by_name

@@ -25,6 +25,8 @@ from jaxdrop._src.drop_path import Mode, drop_path
 from jaxdrop._src.dropblock import dropblock
 from jaxdrop._src.dropconnect import Where, dropconnect
 from jaxdrop._src.dropout import dropout
+from jaxdrop._src.patch_dropout import patch_dropout
+from jaxdrop._src.random_erasing import random_erasing
 from jaxdrop._src.spatial_dropout import spatial_dropout
 
 
@@ -300,6 +302,116 @@ class Cutout(nn.Module):
             spatial_dims=self.spatial_dims,
             num_patches=self.num_patches,
             fill=self.fill,
+        )
+
+
+class PatchDropout(Stochastic, kw_only=True):
+    """PatchDropout as a linen module: the arguments are :func:`jaxdrop.patch_dropout`'s, by name.
+
+    timm's ``PatchDropout(prob, num_prefix_tokens)`` is ``PatchDropout(rate=prob,
+    num_prefix_tokens=...)``; ``num_prefix_tokens`` defaults to the function's 0, not timm's 1.
+    The probability is static (it sets the output's length): a traced call-time one is the
+    function's ``TypeError``. When deterministic, every token comes back unchanged and, with
+    ``return_indices=True``, with all the indices ``0 .. L_p - 1`` (the function at
+    ``keep_prob=1``), so the caller's code is the same in both modes.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> import jaxdrop
+      >>> layer = jaxdrop.linen.PatchDropout(keep_prob=0.5, num_prefix_tokens=1)
+      >>> x = jnp.ones((8, 1 + 64, 192))
+      >>> layer.apply({}, x, False, rngs={"dropout": jax.random.key(0)}).shape
+      (8, 33, 192)
+      >>> layer.apply({}, x, deterministic=True).shape
+      (8, 65, 192)
+    """
+
+    keep_prob: float | None = None
+    rate: float | None = None
+    num_prefix_tokens: int = 0
+    ordered: bool = False
+    return_indices: bool = False
+    deterministic: bool | None = None
+    rng_collection: str = "dropout"
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        deterministic: bool | None = None,
+        rng: jax.Array | None = None,
+        *,
+        keep_prob: float | jax.Array | None = None,
+        rate: float | jax.Array | None = None,
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """Applies PatchDropout unless deterministic; a call-time probability wins."""
+        key = training_key(self, deterministic, rng)
+        if key is None:
+            # The function at keep_prob 1 returns every token (and every index), drawing nothing.
+            key, kp = jax.random.key(0), 1.0
+        else:
+            kp = checks.module_keep_prob(self, keep_prob, rate)
+        return patch_dropout(
+            key,
+            x,
+            kp,
+            num_prefix_tokens=self.num_prefix_tokens,
+            ordered=self.ordered,
+            return_indices=self.return_indices,
+        )
+
+
+class RandomErasing(Stochastic, kw_only=True):
+    """Random Erasing as a linen module: the arguments are :func:`jaxdrop.random_erasing`'s, by
+    name.
+
+    An augmentation: use it on the input images in training only. ``p`` is the probability of
+    erasing an image, as torchvision's and the function's ``p`` (timm's ``probability``); like
+    the other modules' probability it is given by name, at construction or at call time (the
+    call's wins, and may be traced, e.g. a schedule's value).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> import jaxdrop
+      >>> layer = jaxdrop.linen.RandomErasing(p=0.25, fill="pixel")
+      >>> x = jnp.ones((2, 32, 32, 3))
+      >>> layer.apply({}, x, False, rngs={"dropout": jax.random.key(0)}).shape
+      (2, 32, 32, 3)
+    """
+
+    p: float | None = None
+    area: tuple[float, float] = (0.02, 1 / 3)
+    aspect: tuple[float, float] = (0.3, 10 / 3)
+    fill: checks.FillMode | float = "zeros"
+    max_count: int = 1
+    spatial_dims: Sequence[int] = (-3, -2)
+    channel_axis: int | None = -1
+    deterministic: bool | None = None
+    rng_collection: str = "dropout"
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        deterministic: bool | None = None,
+        rng: jax.Array | None = None,
+        *,
+        p: float | jax.Array | None = None,
+    ) -> jax.Array:
+        """Applies Random Erasing unless deterministic; a call-time ``p`` wins."""
+        return call_stochastic(
+            self,
+            random_erasing,
+            x,
+            deterministic,
+            rng,
+            checks.module_p(self, p),
+            area=self.area,
+            aspect=self.aspect,
+            fill=self.fill,
+            max_count=self.max_count,
+            spatial_dims=self.spatial_dims,
+            channel_axis=self.channel_axis,
         )
 
 

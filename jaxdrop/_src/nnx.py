@@ -26,6 +26,8 @@ from jaxdrop._src.drop_path import Mode, drop_path
 from jaxdrop._src.dropblock import dropblock
 from jaxdrop._src.dropconnect import Where, dropconnect
 from jaxdrop._src.dropout import dropout
+from jaxdrop._src.patch_dropout import patch_dropout
+from jaxdrop._src.random_erasing import random_erasing
 from jaxdrop._src.spatial_dropout import spatial_dropout
 
 Rngs = nnx.Rngs | nnx.RngStream
@@ -379,6 +381,141 @@ class Cutout(Stochastic):
             spatial_dims=self.spatial_dims,
             num_patches=self.num_patches,
             fill=self.fill,
+        )
+
+
+@by_name
+class PatchDropout(Stochastic):
+    """PatchDropout as an NNX module: the arguments are :func:`jaxdrop.patch_dropout`'s, by name.
+
+    timm's ``PatchDropout(prob, num_prefix_tokens)`` is ``PatchDropout(rate=prob,
+    num_prefix_tokens=..., rngs=rngs)``; ``num_prefix_tokens`` defaults to the function's 0, not
+    timm's 1. The probability is static (it sets the output's length): a traced call-time one is
+    the function's ``TypeError``. In eval mode every token comes back unchanged and, with
+    ``return_indices=True``, with all the indices ``0 .. L_p - 1`` (the function at
+    ``keep_prob=1``), so the caller's code is the same in both modes.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import jaxdrop
+      >>> layer = jaxdrop.nnx.PatchDropout(
+      ...     keep_prob=0.5, num_prefix_tokens=1, rngs=nnx.Rngs(dropout=0))
+      >>> x = jnp.ones((8, 1 + 64, 192))
+      >>> layer(x).shape
+      (8, 33, 192)
+      >>> layer.eval()
+      >>> layer(x).shape
+      (8, 65, 192)
+    """
+
+    def __init__(
+        self,
+        *,
+        keep_prob: float | None = None,
+        rate: float | None = None,
+        num_prefix_tokens: int = 0,
+        ordered: bool = False,
+        return_indices: bool = False,
+        deterministic: bool | None = False,
+        rng_collection: str = "dropout",
+        rngs: Rngs | None = None,
+    ):
+        self.init_probability(keep_prob, rate)
+        self.num_prefix_tokens = num_prefix_tokens
+        self.ordered = ordered
+        self.return_indices = return_indices
+        self.init_stochastic(deterministic, rng_collection, rngs)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        deterministic: bool | None = None,
+        keep_prob: float | jax.Array | None = None,
+        rate: float | jax.Array | None = None,
+        rngs: Rngs | jax.Array | None = None,
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """Applies PatchDropout unless deterministic; a call-time probability wins."""
+        key = self.training_key(deterministic, rngs)
+        if key is None:
+            # The function at keep_prob 1 returns every token (and every index), drawing nothing.
+            key, kp = jax.random.key(0), 1.0
+        else:
+            kp = checks.module_keep_prob(self, keep_prob, rate)
+        return patch_dropout(
+            key,
+            x,
+            kp,
+            num_prefix_tokens=self.num_prefix_tokens,
+            ordered=self.ordered,
+            return_indices=self.return_indices,
+        )
+
+
+@by_name
+class RandomErasing(Stochastic):
+    """Random Erasing as an NNX module: the arguments are :func:`jaxdrop.random_erasing`'s, by
+    name.
+
+    An augmentation: use it on the input images, in training only (``model.eval()`` disables
+    it). ``p`` is the probability of erasing an image, as torchvision's and the function's ``p``
+    (timm's ``probability``); like the other modules' probability it is given by name, at
+    construction or at call time (the call's wins, and may be traced, e.g. a schedule's value).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import jaxdrop
+      >>> layer = jaxdrop.nnx.RandomErasing(p=0.25, fill="pixel", rngs=nnx.Rngs(dropout=0))
+      >>> layer(jnp.ones((2, 32, 32, 3))).shape
+      (2, 32, 32, 3)
+    """
+
+    def __init__(
+        self,
+        *,
+        p: float | None = None,
+        area: tuple[float, float] = (0.02, 1 / 3),
+        aspect: tuple[float, float] = (0.3, 10 / 3),
+        fill: checks.FillMode | float = "zeros",
+        max_count: int = 1,
+        spatial_dims: Sequence[int] = (-3, -2),
+        channel_axis: int | None = -1,
+        deterministic: bool | None = False,
+        rng_collection: str = "dropout",
+        rngs: Rngs | None = None,
+    ):
+        self.p = p
+        self.area = area
+        self.aspect = aspect
+        self.fill = fill
+        self.max_count = max_count
+        self.spatial_dims = spatial_dims
+        self.channel_axis = channel_axis
+        self.init_stochastic(deterministic, rng_collection, rngs)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        deterministic: bool | None = None,
+        p: float | jax.Array | None = None,
+        rngs: Rngs | jax.Array | None = None,
+    ) -> jax.Array:
+        """Applies Random Erasing unless deterministic; a call-time ``p`` wins."""
+        return self.call_stochastic(
+            random_erasing,
+            x,
+            deterministic,
+            rngs,
+            checks.module_p(self, p),
+            area=self.area,
+            aspect=self.aspect,
+            fill=self.fill,
+            max_count=self.max_count,
+            spatial_dims=self.spatial_dims,
+            channel_axis=self.channel_axis,
         )
 
 
