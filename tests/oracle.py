@@ -12,6 +12,7 @@ XLA compilations a block of code triggers, and which cross-device collectives co
 from __future__ import annotations
 
 import contextlib
+import decimal
 import itertools
 import math
 import re
@@ -128,6 +129,95 @@ def cutout_cover_probability(height: int, size: int) -> np.ndarray:
         start = c - size // 2
         prob[max(start, 0) : max(start + size, 0)] += 1.0 / height
     return prob
+
+
+# ---------------------------------------------------------------------------------------------
+# PatchDropout
+# ---------------------------------------------------------------------------------------------
+
+
+def patch_keep_count(num_patches: int, keep_prob: float) -> int:
+    """timm's ``max(1, int(L * (1 - prob)))`` for the decimal ``keep_prob`` as written.
+
+    Computed in exact decimal arithmetic from ``repr(keep_prob)``, so ``0.29`` of 100 is 29.
+    """
+    if num_patches == 0:
+        return 0
+    return max(1, math.floor(decimal.Decimal(repr(float(keep_prob))) * num_patches))
+
+
+def patch_gather(tokens: np.ndarray, indices: np.ndarray, num_prefix: int) -> np.ndarray:
+    """The prefix tokens, then ``tokens[..., num_prefix + indices[...], :]``, by loops."""
+    batch = tokens.shape[:-2]
+    k = indices.shape[-1]
+    out = np.empty(batch + (num_prefix + k, tokens.shape[-1]), tokens.dtype)
+    for b in itertools.product(*(range(n) for n in batch)):
+        out[b][:num_prefix] = tokens[b][:num_prefix]
+        for j in range(k):
+            out[b][num_prefix + j] = tokens[b][num_prefix + int(indices[b][j])]
+    return out
+
+
+def patch_scatter(
+    kept: np.ndarray, indices: np.ndarray, length: int, num_prefix: int, fill: np.ndarray
+) -> np.ndarray:
+    """The inverse of :func:`patch_gather`: ``fill`` where no index points, by loops."""
+    batch = kept.shape[:-2]
+    out = np.empty(batch + (length, kept.shape[-1]), kept.dtype)
+    out[..., num_prefix:, :] = np.broadcast_to(fill, out[..., num_prefix:, :].shape)
+    for b in itertools.product(*(range(n) for n in batch)):
+        out[b][:num_prefix] = kept[b][:num_prefix]
+        for j, i in enumerate(indices[b]):
+            out[b][num_prefix + int(i)] = kept[b][num_prefix + j]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Random Erasing
+# ---------------------------------------------------------------------------------------------
+
+
+def random_erasing_rectangles(
+    gen: np.random.Generator,
+    height: int,
+    width: int,
+    *,
+    p: float,
+    area: tuple[float, float] = (0.02, 1 / 3),
+    aspect: tuple[float, float] = (0.3, 10 / 3),
+    max_count: int = 1,
+) -> list[tuple[int, int, int, int]]:
+    """timm's ``RandomErasing._erase`` for one image, in float64: its ``(top, left, h, w)``.
+
+    Erase with probability ``p``; ``count`` uniform in ``[1, max_count]``; per rectangle up to
+    10 attempts, the first with ``h < height and w < width`` taken, its corner uniform.
+    """
+    if gen.random() >= p:
+        return []
+    count = int(gen.integers(1, max_count + 1)) if max_count > 1 else 1
+    rectangles = []
+    for _ in range(count):
+        for _ in range(10):
+            target = gen.uniform(*area) * height * width / count
+            ratio = math.exp(gen.uniform(math.log(aspect[0]), math.log(aspect[1])))
+            h = int(round(math.sqrt(target * ratio)))
+            w = int(round(math.sqrt(target / ratio)))
+            if w < width and h < height:
+                top = int(gen.integers(0, height - h + 1))
+                left = int(gen.integers(0, width - w + 1))
+                rectangles.append((top, left, h, w))
+                break
+    return rectangles
+
+
+def rectangles_mask(
+    rectangles: Sequence[tuple[int, int, int, int]], height: int, width: int
+) -> np.ndarray:
+    """``(height, width)`` bool, True on the union of the rectangles."""
+    mask = np.zeros((height, width), bool)
+    for top, left, h, w in rectangles:
+        mask[top : top + h, left : left + w] = True
+    return mask
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,6 +34,8 @@ KEYED = [
 ]
 FAMILY = ["dropout", "spatial_dropout", "dropblock", "drop_path", "cutout", "dropconnect"]
 MODULES = ["Dropout", "SpatialDropout", "DropBlock", "DropPath", "Cutout", "DropConnect"]
+# The names the data may take (second parameter of a key-taking function).
+DATA_NAMES = ("x", "params", "tokens", "images")
 # Module name -> function name.
 MODULE_FUNCTION = dict(zip(MODULES, FAMILY, strict=True))
 # The wrapper's own arguments, after the function's.
@@ -104,7 +106,9 @@ def test_key_first_then_data(name):
     if len(params) == 1:  # A check on the key alone (check_same_key) takes no data.
         return
     data = params[1]
-    assert data.name in ("x", "params") and data.kind in POSITIONAL and data.default is P.empty
+    # The data is `x`, or what it is when a function takes only one kind: the parameter tree of
+    # DropConnect, the tokens of PatchDropout, the images of RandomErasing.
+    assert data.name in DATA_NAMES and data.kind in POSITIONAL and data.default is P.empty
     if "keep_prob" in [p.name for p in params]:
         assert params[2].name == "keep_prob", f"{name}: keep_prob comes right after the data"
     assert inspect.signature(fn).return_annotation is not P.empty
