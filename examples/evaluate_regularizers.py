@@ -9,7 +9,8 @@ strides (1, 2, 1, 1) the regularised groups 3 and 4 both work on 8 x 8 maps, so 
 1. occlusion robustness: test accuracy with a square occluder of the background colour covering
    0%, about 10%, 25% and 40% of the image (random position per image, the same for every
    model), for no regularisation, dropout, SpatialDropout, DropBlock (fixed, scheduled,
-   scheduled with calibrate=True), Cutout and scheduled DropBlock + Cutout;
+   scheduled with calibrate=True), Cutout, RandomErasing (DeiT's settings) and scheduled
+   DropBlock + Cutout;
 2. the keep_prob sweep of the paper's Fig. 3a: dropout and DropBlock at keep_prob 0.95, 0.9,
    0.8 and 0.7, with and without the linear schedule;
 3. the block_size sweep: scheduled DropBlock with block_size 1 (a unit: dropout's mask with

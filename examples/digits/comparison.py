@@ -234,6 +234,9 @@ DropBlock (block_size 3) against dropout at the same keep_prob and schedule:
   initial parameters and the data order of every configuration
 - Cutout: one 8 x 8 patch per training image (centre uniform, cut by the border), painted in
   the background colour, like the test occluders
+- RandomErasing: DeiT's settings (`jaxdrop.random_erasing(key, x, 0.25, fill="pixel")`: each
+  training image erased with probability 0.25, one rectangle of 2% to 33% of the image, aspect
+  0.3 to 3.3, filled with N(0, 1) noise per pixel, not the occluders' background colour)
 - occluders: squares of side {sides} pixels wholly inside the 16 x 16 image, in the background
   colour (they erase strokes), one position per test image drawn from a fixed seed, shared by all
   models

@@ -46,11 +46,13 @@ def grid(quick: bool) -> dict[str, dict[str, Config]]:
         "DropBlock, scheduled": dropblock(kp, True),
         "DropBlock, scheduled, calibrate=True": dropblock(kp, True, calibrate=True),
         "Cutout 8 x 8": Config("Cutout 8", "none", cutout=cut),
+        "RandomErasing 0.25": Config("RandomErasing 0.25", "none", erasing=0.25),
         "DropBlock, scheduled + Cutout": dropblock(kp, True, cutout=cut),
     }
     kps, sizes = ((0.9, 0.7), (1, 3)) if quick else (KEEP_PROBS, BLOCK_SIZES)
     if quick:
         keep = ("no regularisation", "dropout", "DropBlock, fixed", "DropBlock, scheduled")
+        keep += ("RandomErasing 0.25",)
         main = {k: main[k] for k in keep}
     sweep = {}
     for p in kps:
@@ -66,10 +68,20 @@ def grid(quick: bool) -> dict[str, dict[str, Config]]:
     return {"main": main, "keep_prob": sweep, "block_size": blocks, "masks": masks}
 
 
+# Fields added to `Config` after runs were stored: left out of the identity at their default,
+# so that the stored runs keep their identity (and their cache entry).
+LATER_FIELDS = {"erasing": 0.0}
+
+
 def identity(config: Config) -> str:
     """A config's identity without its label: rows of different sections that are the same
     configuration share one set of trained models."""
-    return json.dumps({k: v for k, v in dataclasses.asdict(config).items() if k != "name"})
+    fields = dataclasses.asdict(config)
+    del fields["name"]
+    for k, default in LATER_FIELDS.items():
+        if fields[k] == default:
+            del fields[k]
+    return json.dumps(fields)
 
 
 def static_part(config: Config) -> Config:
@@ -87,6 +99,8 @@ def static_label(static: Config) -> str:
         parts.append(f"broadcast_dims {static.broadcast_dims}")
     if static.cutout:
         parts.append(f"Cutout {static.cutout}")
+    if static.erasing:
+        parts.append(f"RandomErasing {static.erasing}")
     return ", ".join(parts)
 
 
