@@ -7,6 +7,7 @@ import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -14,7 +15,7 @@ from flax import nnx
 
 import jaxdrop
 
-from .model import STRIDES, WIDTHS, LinenResNet, NnxResNet
+from .model import STRIDES, WIDTHS, LinenPlainNet, LinenResNet, NnxResNet
 
 if TYPE_CHECKING:
     from .train import Config
@@ -62,6 +63,24 @@ def geometry(args) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return tuple(getattr(args, "widths", WIDTHS)), tuple(getattr(args, "strides", STRIDES))
 
 
+def linen_network(args, num_classes: int, config: Config | None = None) -> nn.Module:
+    """The run's linen network (``args.network``: "resnet", the default, or "plain") with
+    ``config``'s regulariser, or none."""
+    kind, block_size, calibrate, broadcast_dims = "none", 3, False, ()
+    if config is not None:
+        kind, (_, block_size) = config.kind, resolved(config, args)
+        calibrate, broadcast_dims = config.calibrate, config.broadcast_dims
+    network = getattr(args, "network", "resnet")
+    if network == "plain":
+        return LinenPlainNet(num_classes, kind, block_size, calibrate, broadcast_dims)
+    if network != "resnet":
+        raise ValueError(f"`network` must be 'resnet' or 'plain', got {network!r}.")
+    widths, strides = geometry(args)
+    return LinenResNet(
+        num_classes, kind, block_size, calibrate, broadcast_dims, widths=widths, strides=strides
+    )
+
+
 def resolved(config: Config, args) -> tuple[float, int]:
     """The configuration's keep_prob and block_size, falling back on the run's."""
     keep_prob = args.keep_prob if config.keep_prob is None else config.keep_prob
@@ -85,17 +104,8 @@ class LinenTrainer:
     """
 
     def __init__(self, config, data, args, total_steps, *, dynamic=False):
-        keep_prob, block_size = resolved(config, args)
-        widths, strides = geometry(args)
-        self.model = LinenResNet(
-            data.num_classes,
-            config.kind,
-            block_size,
-            calibrate=config.calibrate,
-            broadcast_dims=config.broadcast_dims,
-            widths=widths,
-            strides=strides,
-        )
+        keep_prob, _ = resolved(config, args)
+        self.model = linen_network(args, data.num_classes, config)
         self.tx = optax.adam(optax.cosine_decay_schedule(args.lr, total_steps))
         self.schedule = keep_prob_schedule(config, keep_prob, total_steps)
         self.traces = 0
@@ -129,14 +139,15 @@ class LinenTrainer:
                     rngs={"dropout": key},
                     mutable=["batch_stats"],
                 )
-                return loss_fn(logits, y), updates["batch_stats"]
+                # The plain network has no batch statistics: an empty collection.
+                return loss_fn(logits, y), updates.get("batch_stats", {})
 
             (loss, batch_stats), grads = jax.value_and_grad(objective, has_aux=True)(params)
             updates, opt_state = tx.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
 
         self.train_step = train_step
-        self.init_fn, self.predict = linen_shared_fns(data.num_classes, widths, strides)
+        self.init_fn, self.predict = linen_shared_fns(linen_network(args, data.num_classes))
 
     def configure(self, config):
         """Sets the keep_prob target and schedule switch of a dynamic trainer."""
@@ -165,20 +176,20 @@ class LinenTrainer:
 
 
 @functools.cache
-def linen_shared_fns(num_classes: int, widths=WIDTHS, strides=STRIDES):
+def linen_shared_fns(plain: nn.Module):
     """Initialisation and evaluation, compiled once for every configuration.
 
     The regularisers hold no variables and are the identity in evaluation mode, so every
-    configuration has the parameter tree of the plain network and evaluates as it does: one
-    compiled init and one compiled evaluation serve them all. (The train steps differ.)
+    configuration has the parameter tree of the network without regulariser (``plain``) and
+    evaluates as it does: one compiled init and one compiled evaluation serve them all. (The
+    train steps differ.)
     """
-    plain = LinenResNet(num_classes, widths=widths, strides=strides)
-    unused = jnp.ones(2, jnp.float32)  # The plain network ignores its keep_probs.
+    unused = jnp.ones(2, jnp.float32)  # Without a regulariser the keep_probs are unused.
 
     @jax.jit
     def init(key, x):
         variables = plain.init(key, x, unused, False)
-        return variables["params"], variables["batch_stats"]
+        return variables["params"], variables.get("batch_stats", {})
 
     @jax.jit
     def predict(params, batch_stats, x):
