@@ -1,6 +1,7 @@
 """What DropBlock does to a network: occlusion robustness and the paper's sweeps, with 95% CIs.
 
     python examples/evaluate_regularizers.py [--quick] [--out DIR] [--seeds N] [--epochs E]
+        [--train-size N] [--size {16,32}] [--network {resnet,plain,both}] [--grid {paper,decisive}]
 
 Trains the small ResNet of `train_digits.py` on scikit-learn's digits (upsampled to 16 x 16; with
 strides (1, 2, 1, 1) the regularised groups 3 and 4 both work on 8 x 8 maps, so blocks up to
@@ -9,7 +10,8 @@ strides (1, 2, 1, 1) the regularised groups 3 and 4 both work on 8 x 8 maps, so 
 1. occlusion robustness: test accuracy with a square occluder of the background colour covering
    0%, about 10%, 25% and 40% of the image (random position per image, the same for every
    model), for no regularisation, dropout, SpatialDropout, DropBlock (fixed, scheduled,
-   scheduled with calibrate=True), Cutout and scheduled DropBlock + Cutout;
+   scheduled with calibrate=True), Cutout, RandomErasing (DeiT's settings) and scheduled
+   DropBlock + Cutout;
 2. the keep_prob sweep of the paper's Fig. 3a: dropout and DropBlock at keep_prob 0.95, 0.9,
    0.8 and 0.7, with and without the linear schedule;
 3. the block_size sweep: scheduled DropBlock with block_size 1 (a unit: dropout's mask with
@@ -24,12 +26,22 @@ when its interval excludes 0.
 Writes ``DIR/results.md`` (tables, command, versions, wall time), ``DIR/runs.json`` (every
 per-seed number), and ``DIR/occlusion.png``, ``DIR/keep_prob.png``, ``DIR/block_size.png``.
 Finished runs are cached in ``DIR/runs.json``: rerunning the same command continues an
-interrupted run. ``--quick`` (CI) runs a reduced grid on 2 seeds for 1 epoch.
+interrupted run (a ``runs.json`` trained with other settings is refused). ``--quick`` (CI) runs
+a reduced grid on 2 seeds for 1 epoch.
+
+``--grid decisive`` is the test at 32 x 32 instead: the occlusion section only, at 32 x 32, 40
+epochs on 400 training images, for both networks (``--network both``: the ResNet with BatchNorm,
+strides (1, 2, 1, 1), regularised on its 16 x 16 maps; and a plain six-convolution network
+without normalisation, regularised on its 16 x 16 and 8 x 8 maps), each in ``DIR/<network>/``;
+rows: no regularisation, dropout, SpatialDropout, DropBlock blocks 3, 5 and 7 fixed and
+scheduled (keep_prob 0.9), Cutout and RandomErasing; divergent runs are counted per row. Every
+option given explicitly overrides the grid's defaults.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import shlex
 import sys
 import time
@@ -37,60 +49,85 @@ from pathlib import Path
 
 from digits.comparison import plot_sweeps, results_text
 from digits.data import load_data
-from digits.sweeps import STRIDES, WIDTHS, grid, identity, run_all
+from digits.sweeps import GRIDS, STRIDES, WIDTHS, identity, run_all
 from digits.train import total_steps
+
+# Per grid: size, epochs, training images, networks, output directory.
+DEFAULTS = {
+    "paper": (16, 20, 300, "resnet", "out/evaluation"),
+    "decisive": (32, 40, 400, "both", "out/evaluation-32"),
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a reduced grid in about a minute (CI)")
-    p.add_argument("--out", default="out/evaluation", help="output directory")
+    p.add_argument("--grid", choices=tuple(GRIDS), default="paper", help="(paper)")
+    p.add_argument("--out", default=None, help="output directory (out/evaluation[-32])")
     p.add_argument("--seeds", type=int, default=None, help="seeds per configuration (5)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (20)")
-    p.add_argument("--train-size", type=int, default=300, help="training images (300)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (20; 40)")
+    p.add_argument("--train-size", type=int, default=None, help="training images (300; 400)")
+    p.add_argument("--size", type=int, choices=(16, 32), default=None, help="input side (16; 32)")
+    p.add_argument("--network", choices=("resnet", "plain", "both"), default=None)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3, help="Adam, cosine decay (3e-3)")
     args = p.parse_args(argv)
+    size, epochs, train_size, network, out = DEFAULTS[args.grid]
     args.seeds = args.seeds or (2 if args.quick else 5)
     if args.seeds < 2:
         p.error(f"--seeds must be at least 2 for a confidence interval, got {args.seeds}")
-    args.epochs = args.epochs or (1 if args.quick else 20)
+    args.epochs = args.epochs or (1 if args.quick else epochs)
+    args.size, args.network = args.size or size, args.network or network
+    args.train_size, args.out = args.train_size or train_size, args.out or out
     # What the shared trainer reads: one evaluation, at the end; keep_prob and block_size come
     # from each configuration.
     args.framework, args.evals, args.keep_prob, args.block_size = "linen", 1, 0.9, 3
+    # The ResNet's regularised groups 3 and 4 both on maps of half the input's side.
     args.widths, args.strides = WIDTHS, STRIDES
     return args
 
 
-def main(argv=None) -> dict:
+def evaluate(args, out: Path, command: str) -> dict:
+    """Trains (or reads from ``out/runs.json``) one network's grid and writes its report."""
     from tqdm import tqdm
 
-    args = parse_args(argv)
     start = time.perf_counter()
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = load_data(None, args.train_size, 16)
+    data = load_data(None, args.train_size, args.size)
     args.steps = total_steps(data, args)
-    sections = grid(args.quick)
+    sections = GRIDS[args.grid](args.quick, args.size)
     distinct = {identity(c) for s in sections.values() for c in s.values()}
     print(
-        f"{data.source}: {len(data.x_train)} train / {len(data.x_test)} test images of "
-        f"{data.x_train.shape[1:]}; {len(distinct)} configurations x {args.seeds} seeds, "
-        f"{args.epochs} epochs ({args.steps} steps) each"
+        f"{args.network}, {data.source}: {len(data.x_train)} train / {len(data.x_test)} test "
+        f"images of {data.x_train.shape[1:]}; {len(distinct)} configurations x {args.seeds} "
+        f"seeds, {args.epochs} epochs ({args.steps} steps) each"
     )
     with tqdm(total=args.steps * args.seeds * len(distinct), unit="step", file=sys.stderr) as bar:
         runs = run_all(sections, data, args, out, bar)
     elapsed = time.perf_counter() - start
 
-    plot_sweeps(sections, runs, out)
-    command = "python examples/evaluate_regularizers.py " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
-    )
+    figures = plot_sweeps(sections, runs, args.size, out)
     text = results_text(sections, runs, args, data, command, elapsed)
     (out / "results.md").write_text(text)
     print(text)
-    print(f"wrote {out}/results.md, runs.json, occlusion.png, keep_prob.png, block_size.png")
+    print(f"wrote {out}/results.md, runs.json, " + ", ".join(figures))
     return {"sections": sections, "runs": runs}
+
+
+def main(argv=None) -> dict:
+    """One network: its sections and runs; ``--network both``: those of each, by network."""
+    args = parse_args(argv)
+    command = "python examples/evaluate_regularizers.py " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
+    )
+    if args.network != "both":
+        return evaluate(args, Path(args.out), command)
+    results = {}
+    for network in ("resnet", "plain"):
+        one = copy.copy(args)
+        one.network = network
+        results[network] = evaluate(one, Path(args.out) / network, command)
+    return results
 
 
 if __name__ == "__main__":

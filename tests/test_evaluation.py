@@ -79,6 +79,7 @@ def test_occluder(digits):
     from digits.data import occlude, occluder_side
 
     assert [occluder_side(f, 16) for f in (0.0, 0.1, 0.25, 0.4)] == [0, 5, 8, 10]
+    assert [occluder_side(f, 32) for f in (0.0, 0.1, 0.25, 0.4)] == [0, 10, 16, 20]
     images = np.ones((50, 16, 16, 1), np.float32)
     a = occlude(images, 5, -1.0, seed=3)
     # Exactly one whole 5 x 5 square per image, at positions that depend on the seed only.
@@ -135,3 +136,96 @@ def test_quick_run(tmp_path, monkeypatch):
     assert again["runs"] == runs
     saved = json.loads((tmp_path / "runs.json").read_text())
     assert saved["traces"]["dropblock, block 3"] == 1
+
+
+def test_decisive_grid_defaults_and_overrides(digits, monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    evaluation = importlib.import_module("evaluate_regularizers")
+    args = evaluation.parse_args(["--grid", "decisive"])
+    # Issue 20's setting unless told otherwise.
+    assert (args.size, args.epochs, args.train_size, args.network) == (32, 40, 400, "both")
+    args = evaluation.parse_args(["--grid", "decisive", "--size", "16", "--epochs", "3"])
+    assert (args.size, args.epochs, args.network) == (16, 3, "both")
+    args = evaluation.parse_args([])  # the stored run's settings
+    assert (args.size, args.epochs, args.train_size, args.network) == (16, 20, 300, "resnet")
+    with pytest.raises(SystemExit):
+        evaluation.parse_args(["--size", "24"])
+
+    from digits.sweeps import decisive_grid
+
+    main = decisive_grid(False, 32)["main"]
+    blocks = sorted(c.block_size for c in main.values() if c.kind == "dropblock")
+    assert blocks == [3, 3, 5, 5, 7, 7]
+    assert {c.keep_prob for c in main.values() if c.kind != "none"} == {0.9}
+    assert main["Cutout 16 x 16"].cutout == 16 and main["RandomErasing 0.25"].erasing == 0.25
+
+
+def test_plain_network_maps(digits):
+    from digits.model import LinenPlainNet
+
+    net = LinenPlainNet(10, "dropblock", 7)
+    x = jax.numpy.ones((2, 32, 32, 1))
+    variables = net.init(jax.random.key(0), x, jax.numpy.ones(2), False)
+    # No normalisation: parameters only.
+    assert set(variables) == {"params"}
+    seen = []
+
+    def record(next_fun, args, kwargs, context):
+        if context.method_name == "__call__" and type(context.module).__name__ == "DropBlock":
+            seen.append(args[0].shape[1:3])
+        return next_fun(*args, **kwargs)
+
+    import flax.linen as nn
+
+    with nn.intercept_methods(record):
+        out = net.apply(
+            variables, x, jax.numpy.full(2, 0.9), True, rngs={"dropout": jax.random.key(1)}
+        )
+    assert out.shape == (2, 10)
+    # The regulariser on the two convolutions of stage 2 (16 x 16) and of stage 3 (8 x 8).
+    assert seen == [(16, 16), (16, 16), (8, 8), (8, 8)]
+
+
+def test_identity_of_stored_runs_and_divergence(digits):
+    from digits.sweeps import diverged, identity
+    from digits.train import Config
+
+    # Fields added later stay out of the identity at their default: docs/evaluation/runs.json
+    # keeps its keys.
+    assert identity(Config("no regularisation", "none")) == (
+        '{"kind": "none", "scheduled": false, "calibrate": false, "keep_prob": null, '
+        '"block_size": null, "broadcast_dims": [], "cutout": 0}'
+    )
+    assert '"erasing": 0.25' in identity(Config("RandomErasing", "none", erasing=0.25))
+    assert not diverged({"train": 1.0, "loss": 0.2})
+    assert not diverged({"train": 1.0})  # records from before the loss was kept
+    assert diverged({"train": 1.0, "loss": float("nan")})
+    assert diverged({"train": 0.1, "loss": 2.3})
+
+
+def test_quick_decisive_run(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    evaluation = importlib.import_module("evaluate_regularizers")
+    sweeps = importlib.import_module("digits.sweeps")
+    # At 16 x 16 to keep CI short: the 32 x 32 maps are checked in test_plain_network_maps.
+    argv = ["--quick", "--grid", "decisive", "--size", "16", "--train-size", "100"]
+    with jax.numpy_dtype_promotion("standard"):
+        out = evaluation.main([*argv, "--out", str(tmp_path)])
+    assert list(out) == ["resnet", "plain"]
+    for network, result in out.items():
+        assert list(result["sections"]) == ["main"]
+        main = result["sections"]["main"]
+        assert "RandomErasing 0.25" in main and "no regularisation" in main
+        report = (tmp_path / network / "results.md").read_text()
+        assert "| divergent runs |" in report and " of 2 |" in report
+        assert ("plain network" in report) == (network == "plain")
+        assert "## 2. keep_prob" not in report
+        assert (tmp_path / network / "occlusion.png").exists()
+        assert not (tmp_path / network / "keep_prob.png").exists()
+        for config in main.values():
+            assert len(result["runs"][sweeps.identity(config)]) == 2
+    # A runs.json trained with other settings is not continued.
+    with pytest.raises(ValueError, match="--out"), jax.numpy_dtype_promotion("standard"):
+        evaluation.main(
+            [*argv, "--network", "plain", "--epochs", "2", "--out", str(tmp_path / "plain")]
+        )

@@ -2,7 +2,8 @@
 
     data.py        scikit-learn's digits (or your .npz), upsampled, split and standardised;
                    occluders
-    model.py       a small ResNet with the regulariser where the DropBlock paper puts DropBlock
+    model.py       a small ResNet with the regulariser where the DropBlock paper puts DropBlock,
+                   and a plain six-convolution network without normalisation (linen)
     train.py       configurations, and the training loop over seeds and epochs
     trainers.py    keep_prob schedules, one jitted train step per configuration (linen, NNX)
     checkpoints.py the loop's orbax checkpoints (``--resume``)

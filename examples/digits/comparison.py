@@ -9,7 +9,8 @@ import numpy as np
 
 from digits import report, stats
 from digits.data import occluder_side
-from digits.sweeps import OCCLUSION, STRIDES, WIDTHS, identity
+from digits.model import PLAIN_WIDTHS
+from digits.sweeps import OCCLUSION, STRIDES, WIDTHS, diverged, identity
 
 
 def pct(x: float) -> str:
@@ -35,27 +36,43 @@ def metric(records, key: str, level: int | None = None) -> np.ndarray:
     return np.array([r[key][level] for r in records])
 
 
-def main_tables(main, runs) -> str:
-    none = runs[identity(main["no regularisation"])]
-    drop = runs[identity(main["dropout"])]
-    sides = [occluder_side(f, 16) for f in OCCLUSION]
-    head = " | ".join(f"{s} x {s} ({pct(s * s / 256)}%)" if s else "none" for s in sides)
+def occluded_percent(size: int) -> np.ndarray:
+    """The image fraction (%) each occluder covers, its side rounded to whole pixels."""
+    return np.array([100 * occluder_side(f, size) ** 2 / size**2 for f in OCCLUSION])
 
-    def table(title, cell, skip=None) -> list[str]:
-        """``cell(records, i)`` for every configuration (but ``skip``) and occluder ``i``."""
-        lines = [title, "", f"| configuration | {head} |", "|---|" + "---|" * len(sides)]
+
+def main_tables(main, runs, size: int) -> str:
+    sides = [occluder_side(f, size) for f in OCCLUSION]
+    head = " | ".join(
+        f"{s} x {s} ({p:.1f}%)" if s else "none"
+        for s, p in zip(sides, occluded_percent(size), strict=True)
+    )
+
+    def table(title, cell, skip=None, extra=None) -> list[str]:
+        """``cell(records, i)`` for every configuration (but ``skip``) and occluder ``i``;
+        ``extra(records)``, if given, a last column."""
+        more = " divergent runs |" if extra else ""
+        lines = [title, "", f"| configuration | {head} |{more}"]
+        lines.append("|---|" + "---|" * (len(sides) + bool(extra)))
         for label, config in main.items():
             r = runs[identity(config)]
             if r is not skip:
-                cells = [cell(r, i) for i in range(len(sides))]
+                cells = [cell(r, i) for i in range(len(sides))] + ([extra(r)] if extra else [])
                 lines.append(f"| {label} | " + " | ".join(cells) + " |")
         return lines
 
     lines = table(
-        "Test accuracy (%) by occluder, mean [95% CI]:",
+        "Test accuracy (%) by occluder, mean [95% CI]; divergent runs (non-finite training "
+        "loss or train accuracy below 20%) are counted, and kept in the means:",
         lambda r, i: interval_cell(metric(r, "occluded", i)),
+        extra=lambda r: f"{sum(map(diverged, r))} of {len(r)}",
     )
-    for ref_label, ref in (("no regularisation", none), ("dropout", drop)):
+    refs = [
+        (label, runs[identity(main[label])])
+        for label in ("no regularisation", "dropout")
+        if label in main
+    ]
+    for ref_label, ref in refs:
         lines += [""] + table(
             f"Paired difference against {ref_label} (percentage points, mean [95% CI]; "
             "* = the interval excludes 0):",
@@ -90,12 +107,12 @@ def sweep_table(section, runs, pairs, ref_name, none) -> str:
     return "\n".join(lines)
 
 
-def plot_occlusion(main, runs, path: Path) -> None:
+def plot_occlusion(main, runs, size: int, path: Path) -> None:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(9, 5.5), dpi=100)
     ax = fig.subplots()
-    x = 100 * np.array([occluder_side(f, 16) ** 2 / 256 for f in OCCLUSION])
+    x = occluded_percent(size)
     for label, config in main.items():
         r = runs[identity(config)]
         cis = [stats.t_interval(metric(r, "occluded", i)) for i in range(len(OCCLUSION))]
@@ -139,10 +156,13 @@ def plot_sweep(series, xs, xlabel, title, path: Path) -> None:
     fig.savefig(path)
 
 
-def plot_sweeps(sections, runs, out: Path) -> None:
-    """``occlusion.png``, ``keep_prob.png`` and ``block_size.png`` in ``out``."""
-    main_cfg, sweep, blocks = (sections[k] for k in ("main", "keep_prob", "block_size"))
-    plot_occlusion(main_cfg, runs, out / "occlusion.png")
+def plot_sweeps(sections, runs, size: int, out: Path) -> list[str]:
+    """``occlusion.png`` and, with the paper grid's sweeps, ``keep_prob.png`` and
+    ``block_size.png`` in ``out``; returns their names."""
+    plot_occlusion(sections["main"], runs, size, out / "occlusion.png")
+    if "keep_prob" not in sections:
+        return ["occlusion.png"]
+    sweep, blocks = sections["keep_prob"], sections["block_size"]
     kps = sorted({c.keep_prob for c in sweep.values()}, reverse=True)
     series = {}
     for kind, name in (("dropout", "dropout"), ("dropblock", "DropBlock")):
@@ -173,35 +193,21 @@ def plot_sweeps(sections, runs, out: Path) -> None:
         "block_size sweep (mean and 95% CI)",
         out / "block_size.png",
     )
+    return ["occlusion.png", "keep_prob.png", "block_size.png"]
 
 
-def results_text(sections, runs, args, data, command: str, elapsed: float) -> str:
-    """``results.md``: the four sections' tables, the figures and the setup."""
-    main_cfg, sweep, blocks, masks = (
-        sections[k] for k in ("main", "keep_prob", "block_size", "masks")
-    )
+def sweeps_text(sections, runs) -> str:
+    """Sections 2 to 4 of the paper grid's ``results.md``."""
+    sweep, blocks, masks = (sections[k] for k in ("keep_prob", "block_size", "masks"))
 
     def dropout_pair(label):  # DropBlock against dropout at the same keep_prob and schedule
         return label.replace("DropBlock", "dropout") if label.startswith("DropBlock") else None
 
-    none = runs[identity(main_cfg["no regularisation"])]
+    none = runs[identity(sections["main"]["no regularisation"])]
     sweep_md = sweep_table(sweep, runs, dropout_pair, "dropout", none)
     blocks_md = sweep_table(blocks, runs, lambda label: "block_size 1", "block_size 1", none)
     masks_md = sweep_table(masks, runs, lambda label: "per-channel mask", "per-channel mask", none)
-    occlusion_md = main_tables(main_cfg, runs)
-    sides = ", ".join(f"{occluder_side(f, 16)}" for f in OCCLUSION)
-    return f"""# What DropBlock does to a small ResNet on digits: occlusion and sweeps, with 95% CIs
-
-All accuracies in %, mean over {args.seeds} seeds [95% Student-t interval]. Paired differences are
-per-seed differences (same initial parameters and data order), in percentage points; `*` marks an
-interval that excludes 0 (significant at the 95% level), and nothing else is a difference.
-
-## 1. Occlusion robustness
-
-{occlusion_md}
-
-![occlusion](occlusion.png)
-
+    return f"""
 ## 2. keep_prob sweep (the paper's Fig. 3a)
 
 DropBlock (block_size 3) against dropout at the same keep_prob and schedule:
@@ -219,24 +225,71 @@ DropBlock (block_size 3) against dropout at the same keep_prob and schedule:
 ## 4. Per-channel against shared masks (scheduled, keep_prob 0.9, block_size 3)
 
 {masks_md}
+"""
 
+
+def model_text(args, size: int) -> str:
+    """The setup's description of the network and where its regulariser acts."""
+    where = (
+        "with the keep_prob given for the deeper maps and a quarter of its drop rate in the "
+        "others (`jaxdrop.layer_keep_probs`); scheduled = "
+        f"`optax.linear_schedule(1.0, keep_prob, {args.steps})`"
+    )
+    if args.network == "plain":
+        side = size // 2
+        return (
+            f"linen plain network: six 3 x 3 convolutions with ReLU, widths {PLAIN_WIDTHS} in "
+            "stages of two with 2 x 2 max pooling between them, no normalisation; the "
+            f"regulariser follows each convolution of stages 2 and 3 ({side} x {side} and "
+            f"{side // 2} x {side // 2} maps), {where}"
+        )
+    side = size // 2
+    return (
+        f"linen ResNet, widths {WIDTHS}, strides {STRIDES}, one basic block per group; groups "
+        f"3 and 4 work on {side} x {side} maps; the regulariser follows every convolution and the "
+        f"skip connection of groups 3 and 4, {where}"
+    )
+
+
+def results_text(sections, runs, args, data, command: str, elapsed: float) -> str:
+    """``results.md``: the sections' tables, the figures and the setup."""
+    size = data.x_test.shape[1]
+    occlusion_md = main_tables(sections["main"], runs, size)
+    sweeps_md = sweeps_text(sections, runs) if "keep_prob" in sections else ""
+    sides = ", ".join(f"{occluder_side(f, size)}" for f in OCCLUSION)
+    cut = size // 2
+    title = "occlusion and sweeps" if sweeps_md else "occlusion"
+    network = "plain network" if args.network == "plain" else "small ResNet"
+    return f"""# What DropBlock does to a {network} on digits: {title}, with 95% CIs
+
+All accuracies in %, mean over {args.seeds} seeds [95% Student-t interval]. Paired differences are
+per-seed differences (same initial parameters and data order), in percentage points; `*` marks an
+interval that excludes 0 (significant at the 95% level), and nothing else is a difference.
+
+## 1. Occlusion robustness
+
+{occlusion_md}
+
+![occlusion](occlusion.png)
+{sweeps_md}
 ## Setup
 
 - command: `{command.strip()}`
-- data: {data.source}, upsampled to 16 x 16; {len(data.x_train)} training and {len(data.x_test)}
-  test images (fixed stratified split), standardised with the training statistics
-- model: linen ResNet, widths {WIDTHS}, strides {STRIDES}, one basic block per group; groups 3
-  and 4 work on 8 x 8 maps; the regulariser follows every convolution and the skip connection of
-  groups 3 and 4, with the keep_prob given for group 4 and a quarter of its drop rate in group 3
-  (`jaxdrop.layer_keep_probs`); scheduled = `optax.linear_schedule(1.0, keep_prob, {args.steps})`
+- data: {data.source}, upsampled to {size} x {size}; {len(data.x_train)} training and
+  {len(data.x_test)} test images (fixed stratified split), standardised with the training
+  statistics
+- model: {model_text(args, size)}
 - training: {args.epochs} epochs of {args.steps // args.epochs} steps, batch {args.batch_size},
   Adam with lr {args.lr} and cosine decay; seeds {list(range(args.seeds))}: seed s fixes the
   initial parameters and the data order of every configuration
-- Cutout: one 8 x 8 patch per training image (centre uniform, cut by the border), painted in
-  the background colour, like the test occluders
-- occluders: squares of side {sides} pixels wholly inside the 16 x 16 image, in the background
-  colour (they erase strokes), one position per test image drawn from a fixed seed, shared by all
-  models
+- Cutout: one {cut} x {cut} patch per training image (centre uniform, cut by the border), painted
+  in the background colour, like the test occluders
+- RandomErasing: DeiT's settings (`jaxdrop.random_erasing(key, x, 0.25, fill="pixel")`: each
+  training image erased with probability 0.25, one rectangle of 2% to 33% of the image, aspect
+  0.3 to 3.3, filled with N(0, 1) noise per pixel, not the occluders' background colour)
+- occluders: squares of side {sides} pixels wholly inside the {size} x {size} image, in the
+  background colour (they erase strokes), one position per test image drawn from a fixed seed,
+  shared by all models
 - compiled train steps (keep_prob and schedule traced, so one per kind of configuration),
   as counted when each kind was trained: {args.traces}
 - wall time: {args.train_seconds:.0f} s training and evaluating the models (summed over

@@ -25,6 +25,8 @@ import jaxdrop
 
 WIDTHS = (16, 32, 48, 64)
 STRIDES = (1, 2, 1, 2)
+# The plain network's stages (two convolutions each).
+PLAIN_WIDTHS = (32, 64, 128)
 # Groups that get a regulariser (0-based: groups 3 and 4 of the paper).
 REGULARISED = (2, 3)
 # Regularisers: "none", "dropout", "spatial_dropout" or "dropblock".
@@ -52,6 +54,14 @@ def linen_regulariser(
     raise ValueError(f"`kind` must be one of {KINDS[1:]}, got {kind!r}.")
 
 
+def linen_drop(owner, y, keep_prob: jax.Array | None, train: bool):
+    """``owner``'s regulariser on ``y`` (called inside ``owner``'s compact ``__call__``)."""
+    if keep_prob is None or owner.kind == "none":
+        return y
+    layer = linen_regulariser(owner.kind, owner.block_size, owner.calibrate, owner.broadcast_dims)
+    return layer(y, deterministic=not train, keep_prob=keep_prob)
+
+
 class LinenBlock(nn.Module):
     features: int
     strides: int
@@ -63,12 +73,7 @@ class LinenBlock(nn.Module):
     @nn.compact
     def __call__(self, x, keep_prob: jax.Array | None, train: bool):
         def drop(y):
-            if keep_prob is None or self.kind == "none":
-                return y
-            layer = linen_regulariser(
-                self.kind, self.block_size, self.calibrate, self.broadcast_dims
-            )
-            return layer(y, deterministic=not train, keep_prob=keep_prob)
+            return linen_drop(self, y, keep_prob, train)
 
         norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9)  # noqa: E731
         shortcut = x
@@ -106,6 +111,35 @@ class LinenResNet(nn.Module):
                 width, stride, self.kind, self.block_size, self.calibrate, self.broadcast_dims
             )
             x = block(x, keep_prob, train)
+        return nn.Dense(self.num_classes)(jnp.mean(x, axis=(1, 2)))
+
+
+class LinenPlainNet(nn.Module):
+    """Six 3 x 3 convolutions with ReLU and no normalisation, in three stages of two (max pooling
+    between stages), then global average pooling: nothing but the regulariser adds noise.
+
+    The regulariser follows each convolution of stages 2 and 3 (16 x 16 and 8 x 8 maps at a
+    32 x 32 input), stage 2 with the first of the two keep probabilities (a quarter of the drop
+    rate, as the ResNet's group 3), stage 3 with the second.
+    """
+
+    num_classes: int
+    kind: str = "none"
+    block_size: int = 3
+    calibrate: bool = False
+    broadcast_dims: tuple[int, ...] = ()
+    widths: tuple[int, ...] = PLAIN_WIDTHS
+
+    @nn.compact
+    def __call__(self, x, keep_probs: jax.Array, train: bool):
+        for stage, width in enumerate(self.widths):
+            if stage:
+                x = nn.max_pool(x, (2, 2), (2, 2))
+            if stage == 1:
+                self.sow("intermediates", "group3_input", x)
+            keep_prob = keep_probs[stage - 1] if stage else None
+            for _ in range(2):
+                x = linen_drop(self, nn.relu(nn.Conv(width, (3, 3))(x)), keep_prob, train)
         return nn.Dense(self.num_classes)(jnp.mean(x, axis=(1, 2)))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from digits.trainers import LinenTrainer
 OCCLUSION = (0.0, 0.10, 0.25, 0.40)
 KEEP_PROBS = (0.95, 0.9, 0.8, 0.7)
 BLOCK_SIZES = (1, 3, 5, 7)
+# What runs.json must share with a run to continue it.
+SETTINGS = ("size", "network", "epochs", "train_size", "batch_size", "lr")
 # The model: groups 3 and 4 (the regularised ones) on 8 x 8 maps of a 16 x 16 input.
 WIDTHS = (16, 32, 32, 32)
 STRIDES = (1, 2, 1, 1)
@@ -35,22 +38,54 @@ def dropblock(kp: float, scheduled: bool, block_size: int = 3, **kw) -> Config:
     return Config(name, "dropblock", scheduled, keep_prob=kp, block_size=block_size, **kw)
 
 
-def grid(quick: bool) -> dict[str, dict[str, Config]]:
-    """The configurations of each section, by their row label."""
-    kp, cut = 0.9, 8  # Cutout: an 8 x 8 patch, a quarter of the image.
-    main = {
+def baselines() -> dict[str, Config]:
+    """No regularisation, dropout and SpatialDropout at keep_prob 0.9."""
+    return {
         "no regularisation": Config("none", "none"),
-        "dropout": dropout(kp, False),
-        "SpatialDropout": Config("SpatialDropout 0.9", "spatial_dropout", keep_prob=kp),
+        "dropout": dropout(0.9, False),
+        "SpatialDropout": Config("SpatialDropout 0.9", "spatial_dropout", keep_prob=0.9),
+    }
+
+
+def augmentations(size: int) -> dict[str, Config]:
+    """Cutout (a patch of half the image's side, a quarter of its area) and RandomErasing."""
+    cut = size // 2
+    return {
+        f"Cutout {cut} x {cut}": Config(f"Cutout {cut}", "none", cutout=cut),
+        "RandomErasing 0.25": Config("RandomErasing 0.25", "none", erasing=0.25),
+    }
+
+
+def decisive_grid(quick: bool, size: int) -> dict[str, dict[str, Config]]:
+    """Issue 20's grid: the occlusion section only, DropBlock with blocks 3, 5 and 7, fixed and
+    scheduled, against the baselines and the input augmentations."""
+    blocks = (3,) if quick else (3, 5, 7)
+    main = baselines()
+    for scheduled in (False, True):
+        for b in blocks:
+            tag = "scheduled" if scheduled else "fixed"
+            main[f"DropBlock, {tag}, block {b}"] = dropblock(0.9, scheduled, b)
+    main |= augmentations(size)
+    if quick:
+        keep = ("no regularisation", "DropBlock, fixed, block 3", "RandomErasing 0.25")
+        main = {k: main[k] for k in keep}
+    return {"main": main}
+
+
+def grid(quick: bool, size: int = 16) -> dict[str, dict[str, Config]]:
+    """The configurations of each section, by their row label."""
+    kp, cut = 0.9, size // 2
+    main = baselines() | {
         "DropBlock, fixed": dropblock(kp, False),
         "DropBlock, scheduled": dropblock(kp, True),
         "DropBlock, scheduled, calibrate=True": dropblock(kp, True, calibrate=True),
-        "Cutout 8 x 8": Config("Cutout 8", "none", cutout=cut),
+        **augmentations(size),
         "DropBlock, scheduled + Cutout": dropblock(kp, True, cutout=cut),
     }
     kps, sizes = ((0.9, 0.7), (1, 3)) if quick else (KEEP_PROBS, BLOCK_SIZES)
     if quick:
         keep = ("no regularisation", "dropout", "DropBlock, fixed", "DropBlock, scheduled")
+        keep += ("RandomErasing 0.25",)
         main = {k: main[k] for k in keep}
     sweep = {}
     for p in kps:
@@ -66,10 +101,30 @@ def grid(quick: bool) -> dict[str, dict[str, Config]]:
     return {"main": main, "keep_prob": sweep, "block_size": blocks, "masks": masks}
 
 
+# Fields added to `Config` after runs were stored: left out of the identity at their default,
+# so that the stored runs keep their identity (and their cache entry).
+LATER_FIELDS = {"erasing": 0.0}
+
+
+GRIDS = {"paper": grid, "decisive": decisive_grid}
+
+
+def diverged(record: dict) -> bool:
+    """A run whose mean training loss is not finite or whose final train accuracy is below 20%,
+    twice chance (every run that trains reaches about 100% here): it did not learn. Its
+    accuracies stay in the means and the paired differences, and the tables count such runs."""
+    return not math.isfinite(record.get("loss", 0.0)) or record["train"] < 0.2
+
+
 def identity(config: Config) -> str:
     """A config's identity without its label: rows of different sections that are the same
     configuration share one set of trained models."""
-    return json.dumps({k: v for k, v in dataclasses.asdict(config).items() if k != "name"})
+    fields = dataclasses.asdict(config)
+    del fields["name"]
+    for k, default in LATER_FIELDS.items():
+        if fields[k] == default:
+            del fields[k]
+    return json.dumps(fields)
 
 
 def static_part(config: Config) -> Config:
@@ -87,6 +142,8 @@ def static_label(static: Config) -> str:
         parts.append(f"broadcast_dims {static.broadcast_dims}")
     if static.cutout:
         parts.append(f"Cutout {static.cutout}")
+    if static.erasing:
+        parts.append(f"RandomErasing {static.erasing}")
     return ", ".join(parts)
 
 
@@ -100,6 +157,14 @@ def run_all(sections, data, args, out: Path, progress) -> dict[str, list[dict]]:
     saved = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     cache, seconds = saved.get("runs", {}), saved.get("seconds", {})
     traces = saved.get("traces", {})
+    # Runs trained with other settings must not be continued or mixed in; a runs.json without
+    # settings is from before they were recorded (the default settings of `--grid paper`).
+    settings = {k: getattr(args, k) for k in SETTINGS}
+    if saved.get("settings", settings) != settings:
+        raise ValueError(
+            f"{cache_path} holds runs trained with {saved['settings']}, not {settings}: "
+            "choose another `--out` or the same settings."
+        )
     n_test, size = len(data.x_test), data.x_test.shape[1]
     occluded = [
         occlude(data.x_test, occluder_side(f, size), data.background, seed=1_000 + i)
@@ -142,11 +207,11 @@ def run_all(sections, data, args, out: Path, progress) -> dict[str, list[dict]]:
             config, data, args, seeds, progress, on_trained=evaluate, trainer=trainer
         )
         for record, run in zip(records[len(done) :], runs, strict=True):
-            record["train"] = run.train_acc[-1]
+            record["train"], record["loss"] = run.train_acc[-1], run.train_loss[-1]
         cache[ident] = records
         seconds[ident] = seconds.get(ident, 0.0) + time.perf_counter() - tic
         traces[static_label(static)] = trainer.traces
-        saved = {"runs": cache, "seconds": seconds, "traces": traces}
+        saved = {"settings": settings, "runs": cache, "seconds": seconds, "traces": traces}
         cache_path.write_text(json.dumps(saved, indent=1))
     args.traces = traces
     args.train_seconds = sum(seconds.values())

@@ -29,6 +29,8 @@ class Config:
     broadcast_dims: tuple[int, ...] = ()
     # Side of the Cutout patch applied to the training images (0: no Cutout).
     cutout: int = 0
+    # Probability of RandomErasing per training image (0: none), DeiT's settings otherwise.
+    erasing: float = 0.0
 
 
 CONFIGS = {

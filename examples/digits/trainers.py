@@ -7,6 +7,7 @@ import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -14,7 +15,7 @@ from flax import nnx
 
 import jaxdrop
 
-from .model import STRIDES, WIDTHS, LinenResNet, NnxResNet
+from .model import STRIDES, WIDTHS, LinenPlainNet, LinenResNet, NnxResNet
 
 if TYPE_CHECKING:
     from .train import Config
@@ -41,6 +42,18 @@ def init_key(seed: int) -> jax.Array:
     return jax.random.key(seed, impl="rbg")
 
 
+def random_erasing(key: jax.Array, x: jax.Array, p: float) -> jax.Array:
+    """RandomErasing as DeiT trains with it (timm's ``reprob=0.25, remode="pixel", recount=1``).
+
+    timm's defaults fit a 16 x 16 image as they fit a 224 x 224 one: the area is 2% to a third
+    of the image (5 to 85 pixels here, the smallest still about 2 x 2), the aspect ratio 0.3 to
+    3.3. The noise is per pixel N(0, 1), the statistics of the standardised images, as timm
+    draws it on normalised ones; unlike Cutout's patch it is not the background colour of the
+    test occluders.
+    """
+    return jaxdrop.random_erasing(key, x, p, fill="pixel", max_count=1)
+
+
 def loss_fn(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
@@ -48,6 +61,24 @@ def loss_fn(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def geometry(args) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The ResNet's widths and strides: the run's, or the model's defaults."""
     return tuple(getattr(args, "widths", WIDTHS)), tuple(getattr(args, "strides", STRIDES))
+
+
+def linen_network(args, num_classes: int, config: Config | None = None) -> nn.Module:
+    """The run's linen network (``args.network``: "resnet", the default, or "plain") with
+    ``config``'s regulariser, or none."""
+    kind, block_size, calibrate, broadcast_dims = "none", 3, False, ()
+    if config is not None:
+        kind, (_, block_size) = config.kind, resolved(config, args)
+        calibrate, broadcast_dims = config.calibrate, config.broadcast_dims
+    network = getattr(args, "network", "resnet")
+    if network == "plain":
+        return LinenPlainNet(num_classes, kind, block_size, calibrate, broadcast_dims)
+    if network != "resnet":
+        raise ValueError(f"`network` must be 'resnet' or 'plain', got {network!r}.")
+    widths, strides = geometry(args)
+    return LinenResNet(
+        num_classes, kind, block_size, calibrate, broadcast_dims, widths=widths, strides=strides
+    )
 
 
 def resolved(config: Config, args) -> tuple[float, int]:
@@ -73,23 +104,14 @@ class LinenTrainer:
     """
 
     def __init__(self, config, data, args, total_steps, *, dynamic=False):
-        keep_prob, block_size = resolved(config, args)
-        widths, strides = geometry(args)
-        self.model = LinenResNet(
-            data.num_classes,
-            config.kind,
-            block_size,
-            calibrate=config.calibrate,
-            broadcast_dims=config.broadcast_dims,
-            widths=widths,
-            strides=strides,
-        )
+        keep_prob, _ = resolved(config, args)
+        self.model = linen_network(args, data.num_classes, config)
         self.tx = optax.adam(optax.cosine_decay_schedule(args.lr, total_steps))
         self.schedule = keep_prob_schedule(config, keep_prob, total_steps)
         self.traces = 0
         self.args, self.hyper = args, None
         model, tx, schedule = self.model, self.tx, self.schedule
-        cutout, background = config.cutout, data.background
+        cutout, erasing, background = config.cutout, config.erasing, data.background
         if dynamic:
             self.configure(config)
 
@@ -105,6 +127,8 @@ class LinenTrainer:
                 # The patch is painted in the background colour, as the test occluders are.
                 cut_key = jax.random.fold_in(key, 1)
                 x = jaxdrop.cutout(cut_key, x, cutout, fill=background)
+            if erasing:
+                x = random_erasing(jax.random.fold_in(key, 2), x, erasing)
 
             def objective(params):
                 logits, updates = model.apply(
@@ -115,14 +139,15 @@ class LinenTrainer:
                     rngs={"dropout": key},
                     mutable=["batch_stats"],
                 )
-                return loss_fn(logits, y), updates["batch_stats"]
+                # The plain network has no batch statistics: an empty collection.
+                return loss_fn(logits, y), updates.get("batch_stats", {})
 
             (loss, batch_stats), grads = jax.value_and_grad(objective, has_aux=True)(params)
             updates, opt_state = tx.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
 
         self.train_step = train_step
-        self.init_fn, self.predict = linen_shared_fns(data.num_classes, widths, strides)
+        self.init_fn, self.predict = linen_shared_fns(linen_network(args, data.num_classes))
 
     def configure(self, config):
         """Sets the keep_prob target and schedule switch of a dynamic trainer."""
@@ -151,20 +176,20 @@ class LinenTrainer:
 
 
 @functools.cache
-def linen_shared_fns(num_classes: int, widths=WIDTHS, strides=STRIDES):
+def linen_shared_fns(plain: nn.Module):
     """Initialisation and evaluation, compiled once for every configuration.
 
     The regularisers hold no variables and are the identity in evaluation mode, so every
-    configuration has the parameter tree of the plain network and evaluates as it does: one
-    compiled init and one compiled evaluation serve them all. (The train steps differ.)
+    configuration has the parameter tree of the network without regulariser (``plain``) and
+    evaluates as it does: one compiled init and one compiled evaluation serve them all. (The
+    train steps differ.)
     """
-    plain = LinenResNet(num_classes, widths=widths, strides=strides)
-    unused = jnp.ones(2, jnp.float32)  # The plain network ignores its keep_probs.
+    unused = jnp.ones(2, jnp.float32)  # Without a regulariser the keep_probs are unused.
 
     @jax.jit
     def init(key, x):
         variables = plain.init(key, x, unused, False)
-        return variables["params"], variables["batch_stats"]
+        return variables["params"], variables.get("batch_stats", {})
 
     @jax.jit
     def predict(params, batch_stats, x):

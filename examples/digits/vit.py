@@ -14,7 +14,7 @@ PatchDropout runs in training only (``train=True``): evaluation always sees ever
 number: the number of tokens kept sets the shapes of everything after it.
 
 With the defaults, a 32 x 32 input gives 64 patch tokens of width 192 and 6 blocks of 3 heads
-(about 2.7 M parameters): the ViT of issue 19's benchmark.
+(about 2.7 M parameters): the ViT of the PatchDropout benchmark (benchmarks/vit_patch_dropout.py).
 """
 
 from __future__ import annotations
