@@ -260,30 +260,39 @@ def test_per_method_tables_cover_every_method():
     """The per-method tables of the property and sharding tests list every method.
 
     Each is a hand-written table (a method needs its own arguments there), so a new method fails
-    here until it has its rows. The lowering test's table (tests/test_lowering.py) and the
-    forwarding table (tests/test_forwarding.py, which checks itself) are the other two.
+    here until it has its rows; so does the lowering test's table (tests/test_lowering.py). The
+    forwarding table (tests/test_forwarding.py) checks itself.
     """
+    import test_lowering
     import test_properties
     import test_sharding
 
     def names(table):
         return {name.split("-")[0] for name in table}
 
-    takes_x = {
+    # Every function whose second argument is a data array, whatever its name.
+    takes_data = {
         name
         for name in FAMILY
-        if list(inspect.signature(getattr(jaxdrop, name)).parameters)[1] == "x"
+        if list(inspect.signature(getattr(jaxdrop, name)).parameters)[1]
+        in ("x", "tokens", "images")
     }
+    assert {"patch_dropout", "random_erasing"} <= takes_data  # The names are still these.
     # patch_dropout's keep_prob is static (it sets the output's shape): KEEP_PROB_METHODS tests a
-    # traced one, which patch_dropout rejects (tests/test_patch_dropout.py).
+    # traced one, which patch_dropout rejects (tests/test_checks.py, STATIC_KEEP_PROB).
     with_keep_prob = {
         name
         for name in FAMILY
         if "keep_prob" in inspect.signature(getattr(jaxdrop, name)).parameters
     } - {"patch_dropout"}
-    assert takes_x <= names(test_properties.ALL_CASES), takes_x - names(test_properties.ALL_CASES)
+    in_cases = names(test_properties.ALL_CASES) | test_properties.NOT_IN_ALL_CASES
+    assert takes_data <= in_cases, takes_data - in_cases
+    assert not names(test_properties.ALL_CASES) & test_properties.NOT_IN_ALL_CASES
     assert with_keep_prob <= names(test_properties.KEEP_PROB_METHODS)
-    assert takes_x <= names(test_sharding.METHODS), takes_x - names(test_sharding.METHODS)
+    assert takes_data <= names(test_sharding.METHODS), takes_data - names(test_sharding.METHODS)
+    # DropBlock has its own cases there (DROPBLOCK_CASES).
+    lowering = names(test_lowering.FAMILY) | {"dropblock"}
+    assert takes_data <= lowering, takes_data - lowering
 
 
 @pytest.mark.parametrize("name", [m for m in MODULES if m != "DropConnect"])

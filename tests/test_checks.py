@@ -89,6 +89,8 @@ KEY_FIRST = {
     "spatial_dropout": lambda rng: jaxdrop.spatial_dropout(rng, X, 1.0),
     "drop_path": lambda rng: jaxdrop.drop_path(rng, X, 1.0),
     "cutout": lambda rng: jaxdrop.cutout(rng, X, 2, num_patches=0),
+    "patch_dropout": lambda rng: jaxdrop.patch_dropout(rng, X, 1.0),
+    "random_erasing": lambda rng: jaxdrop.random_erasing(rng, X, 0.0),
     "dropconnect": lambda rng: jaxdrop.dropconnect(rng, {"w": X}, 1.0),
     "plot_masks": lambda rng: jaxdrop.plot_masks(rng, np.ones((8, 8, 3), np.float32)),
 }
@@ -173,7 +175,12 @@ KEEP_PROB_FUNCTIONS = {
     "drop_path": lambda p: jaxdrop.drop_path(jax.random.key(0), X, p),
     "dropconnect": lambda p: jaxdrop.dropconnect(jax.random.key(0), {"w": X}, p),
     "layer_keep_probs": lambda p: jaxdrop.layer_keep_probs(p, 2),
+    "patch_dropout": lambda p: jaxdrop.patch_dropout(jax.random.key(0), X, p),
 }
+# The functions whose keep_prob is static (it sets an output shape): a concrete value is checked
+# like the others', a traced one is a TypeError that says how to make it static. Every other
+# function of the table takes a traced keep_prob (tests/test_properties.py, KEEP_PROB_METHODS).
+STATIC_KEEP_PROB = {"patch_dropout"}
 
 
 def test_keep_prob_table_covers_every_function_with_a_keep_prob():
@@ -192,6 +199,16 @@ def test_keep_prob_table_covers_every_function_with_a_keep_prob():
 def test_every_function_checks_a_concrete_keep_prob(name, value):
     with pytest.raises(ValueError, match=r"`keep_prob` must be in \[0, 1\]"):
         KEEP_PROB_FUNCTIONS[name](OUT_OF_RANGE[value])
+
+
+@pytest.mark.parametrize("name", list(KEEP_PROB_FUNCTIONS))
+def test_a_traced_keep_prob_is_taken_unless_the_function_declares_it_static(name):
+    call = jax.jit(KEEP_PROB_FUNCTIONS[name])
+    if name in STATIC_KEEP_PROB:
+        with pytest.raises(TypeError, match=f"`keep_prob` of `{name}` must be a concrete"):
+            call(jnp.float32(0.5))
+    else:
+        jax.block_until_ready(call(jnp.float32(0.5)))
 
 
 @pytest.mark.parametrize(

@@ -142,6 +142,9 @@ FAMILY = {
     "drop_path-batch": lambda k, x, p: jaxdrop.drop_path(k, x, p, mode="batch"),
     "cutout": lambda k, x, p: jaxdrop.cutout(k, x, 9, num_patches=2) * p,
     "dropconnect": lambda k, x, p: jaxdrop.dropconnect(k, {"w": x}, p)["w"],
+    # keep_prob is static (it sets the number of tokens): the traced p scales the output.
+    "patch_dropout": lambda k, x, p: jaxdrop.patch_dropout(k, x, 0.5) * p,
+    "random_erasing": lambda k, x, p: jaxdrop.random_erasing(k, x, p, max_count=2),
 }
 
 
@@ -154,6 +157,18 @@ def test_family_has_no_data_dependent_control_flow(platform, name):
     assert data_dependent_control_flow(forward) == []
     backward = lowered(forward_and_backward(fn), (X, key, KEEP), platform)
     assert data_dependent_control_flow(backward) == []
+
+
+# random_erasing compiles for about 13 s here (forward and forward+backward): the full run only.
+@pytest.mark.parametrize(
+    "name", ["patch_dropout", pytest.param("random_erasing", marks=pytest.mark.slow)]
+)
+def test_family_compiles_with_no_conditional_on_cpu(name):
+    fn = FAMILY[name]
+    key = jax.random.key(0)
+    for f, args in ((fn, (key, X, KEEP)), (forward_and_backward(fn), (X, key, KEEP))):
+        compiled = jax.jit(f).lower(*args).compile().as_text()
+        assert "conditional(" not in compiled
 
 
 def _vmapped(keys, x):

@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 import jaxdrop
 from jaxdrop._src import cutout as cutout_lib
 from jaxdrop._src import dropblock as dropblock_lib
+from jaxdrop._src import random_erasing as random_erasing_lib
 from jaxdrop._src import sampling
 
 DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
@@ -372,13 +373,72 @@ def dropconnect_cases(draw):
     return run, reference
 
 
+@st.composite
+def random_erasing_cases(draw) -> Case:
+    # Two spatial axes, with and without a batch axis, channels last and first; the (1, 6) map
+    # fits no candidate (h < 1 needs h = 0), so nothing is erased there.
+    layout = draw(layouts(max_spatial=2).filter(lambda layout: len(layout.spatial) == 2))
+    p = draw(st.sampled_from([0.0, 0.5, 1.0]))
+    traced = draw(st.booleans())
+    max_count = draw(st.sampled_from([1, 2]))
+    fill = draw(st.sampled_from([0.0, -1.5]))
+    spatial_arg = layout.spatial_arg(draw(st.booleans()))
+    height, width = layout.sizes
+
+    def run(key, x):
+        return jaxdrop.random_erasing(
+            key,
+            x,
+            as_keep_prob(p, traced),
+            fill=fill,
+            max_count=max_count,
+            spatial_dims=spatial_arg,
+            channel_axis=layout.channel,
+        )
+
+    def reference(key, x):
+        # The rectangles as the implementation draws them (the first half of the key), their
+        # union built with the oracle's loops, shared by the channels.
+        batch_shape = () if layout.batch is None else (x.shape[layout.batch],)
+        rects = [
+            host(a).reshape(-1, max_count)
+            for a in random_erasing_lib.erasing_rectangles(
+                jax.random.split(key)[0],
+                p,
+                batch_shape,
+                height,
+                width,
+                area=(0.02, 1 / 3),
+                log_aspect=(math.log(0.3), math.log(10 / 3)),
+                max_count=max_count,
+            )
+        ]
+        erased = np.stack(
+            [
+                oracle.rectangles_mask(
+                    list(zip(*(r[i] for r in rects), strict=True)), height, width
+                )
+                for i in range(rects[0].shape[0])
+            ]
+        ).reshape(batch_shape + (height, width))
+        erased = np.expand_dims(erased, layout.channel)
+        return np.where(erased, np.asarray(fill, x.dtype), x), ~erased
+
+    return Case("random_erasing", layout.shape, run, reference, fill=fill)
+
+
 ALL_CASES = {
     "dropblock": dropblock_cases,
     "dropout": dropout_cases,
     "spatial_dropout": spatial_dropout_cases,
     "drop_path": drop_path_cases,
     "cutout": cutout_cases,
+    "random_erasing": random_erasing_cases,
 }
+# patch_dropout returns fewer tokens than it gets, which the oracle comparisons here (same shape
+# as x) do not cover: tests/test_patch_dropout.py compares it with the oracle, jitted, vmapped and
+# differentiated.
+NOT_IN_ALL_CASES = {"patch_dropout"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -451,7 +511,10 @@ def test_dropconnect_matches_oracle(case, dtype, seed):
 @pytest.mark.parametrize(
     "name",
     [
-        pytest.param(n, marks=pytest.mark.slow) if n in ("dropblock", "dropout") else n
+        # random_erasing: about 60 s here (two examples, each compiling eager, jit, vmap, grad).
+        pytest.param(n, marks=pytest.mark.slow)
+        if n in ("dropblock", "dropout", "random_erasing")
+        else n
         for n in ALL_CASES
     ],
 )

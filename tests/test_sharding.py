@@ -167,6 +167,12 @@ METHODS = {
         lambda k, x: jaxdrop.cutout(k, x, (5, 9), spatial_dims=(-2, -1), fill=0.5),
         "none",
     ),
+    "patch_dropout": ("nlc", lambda k, x: jaxdrop.patch_dropout(k, x, 0.5), "none"),
+    "random_erasing": (
+        "nhwc",
+        lambda k, x: jaxdrop.random_erasing(k, x, 0.5, max_count=2, fill="channel"),
+        "none",
+    ),
 }
 
 
@@ -194,7 +200,8 @@ def inputs(layout: str) -> np.ndarray:
 # for DropBlock's defaults in test_example_jit_matches_single_device).
 CASES = [
     pytest.param(name, "batch+model", marks=pytest.mark.slow)
-    if name in ("dropblock", "dropblock-nchw", "dropout")  # the slowest, only in the full run
+    # the slowest, only in the full run
+    if name in ("dropblock", "dropblock-nchw", "dropout", "random_erasing")
     else (name, "batch+model")
     for name in METHODS
 ] + [(name, "batch") for name in ("dropblock-expected", "dropout", "cutout")]
