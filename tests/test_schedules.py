@@ -131,7 +131,9 @@ NNX = {
 def test_every_module_is_covered(module, factories):
     for name in module.__all__:
         params = inspect.signature(getattr(module, name).__call__).parameters
-        if "keep_prob" in params:
+        # PatchDropout's keep_prob sets the token count, so it cannot be traced (a schedule
+        # compiles a step per value; tests/test_patch_dropout.py checks the error).
+        if "keep_prob" in params and name != "PatchDropout":
             assert name in factories, f"add {name} to the module factories of this test"
 
 
