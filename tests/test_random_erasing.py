@@ -72,6 +72,7 @@ def same_distribution_pvalue(a, b) -> float:
 THRESHOLD = 1e-4
 
 
+@pytest.mark.slow  # 11 s per case on 2 idle cores; the rate test stays in the quick loop
 @pytest.mark.parametrize(
     ("height", "width", "area", "aspect"),
     [
@@ -141,6 +142,7 @@ def test_erased_rate_matches_p_and_traced_p_is_the_same(p):
     np.testing.assert_array_equal(traced(jnp.float32(p)), out)
 
 
+@pytest.mark.slow  # 12 s on 2 idle cores
 def test_nothing_erased_when_no_candidate_fits_or_p_is_zero(key):
     images = images_of((16, 8, 8, 3))
     # h = round(sqrt(a * r)) >= round(sqrt(0.9 * 64 * 2)) = 11 > 8: no candidate ever fits.
@@ -204,9 +206,8 @@ def test_layouts_share_the_rectangles(key):
     np.testing.assert_array_equal(grey, with_channel[..., 0])
 
 
-@pytest.mark.parametrize(
-    "make_key", [jax.random.key, pytest.param(jax.random.PRNGKey, marks=pytest.mark.slow)]
-)
+@pytest.mark.slow  # 25 s on 2 idle cores (compiles); the full run keeps it
+@pytest.mark.parametrize("make_key", [jax.random.key, jax.random.PRNGKey])
 def test_jit_and_vmap_equal_a_loop(make_key):
     images = images_of((5, 10, 12, 3))
     keys = jax.random.split(make_key(6), 5)
