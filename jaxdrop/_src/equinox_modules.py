@@ -32,7 +32,7 @@ from jaxdrop._src.drop_path import MODE_CHOICES, drop_path
 from jaxdrop._src.dropblock import dropblock
 from jaxdrop._src.dropconnect import Where, dropconnect, is_weight_matrix
 from jaxdrop._src.dropout import dropout
-from jaxdrop._src.patch_dropout import patch_dropout
+from jaxdrop._src.patch_dropout import patch_dropout_or_all
 from jaxdrop._src.random_erasing import random_erasing
 from jaxdrop._src.spatial_dropout import spatial_dropout
 
@@ -414,10 +414,7 @@ class PatchDropout(eqx.Module):
         """Applies PatchDropout unless in inference mode; a call-time probability wins."""
         keep_prob = checks.module_keep_prob(self, keep_prob, rate)
         key = training_key(self, key, inference, keep_prob)
-        if key is None:
-            # The function at keep_prob 1 returns every token (and every index), drawing nothing.
-            key, keep_prob = jax.random.key(0), 1.0
-        return patch_dropout(
+        return patch_dropout_or_all(
             key,
             x,
             keep_prob,

@@ -26,7 +26,7 @@ from jaxdrop._src.drop_path import Mode, drop_path
 from jaxdrop._src.dropblock import dropblock
 from jaxdrop._src.dropconnect import Where, dropconnect
 from jaxdrop._src.dropout import dropout
-from jaxdrop._src.patch_dropout import patch_dropout
+from jaxdrop._src.patch_dropout import patch_dropout_or_all
 from jaxdrop._src.random_erasing import random_erasing
 from jaxdrop._src.spatial_dropout import spatial_dropout
 
@@ -438,12 +438,8 @@ class PatchDropout(Stochastic):
     ) -> jax.Array | tuple[jax.Array, jax.Array]:
         """Applies PatchDropout unless deterministic; a call-time probability wins."""
         key = self.training_key(deterministic, rngs)
-        if key is None:
-            # The function at keep_prob 1 returns every token (and every index), drawing nothing.
-            key, kp = jax.random.key(0), 1.0
-        else:
-            kp = checks.module_keep_prob(self, keep_prob, rate)
-        return patch_dropout(
+        kp = None if key is None else checks.module_keep_prob(self, keep_prob, rate)
+        return patch_dropout_or_all(
             key,
             x,
             kp,

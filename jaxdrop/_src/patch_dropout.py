@@ -198,6 +198,23 @@ def patch_dropout(
     return (out, indices) if return_indices else out
 
 
+def patch_dropout_or_all(
+    rng: jax.Array | None,
+    tokens: jax.Array,
+    keep_prob: float | jax.Array | None,
+    **options,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """The modules' rule: ``patch_dropout`` with a key, every token without one (evaluation).
+
+    Without a key the function runs at ``keep_prob`` 1, which returns the tokens unchanged (and,
+    with ``return_indices=True``, every index) and draws nothing, so evaluation has the training
+    output's structure.
+    """
+    if rng is None:
+        rng, keep_prob = jax.random.key(0), 1.0  # Not drawn from at keep_prob 1.
+    return patch_dropout(rng, tokens, keep_prob, **options)  # pyright: ignore[reportCallIssue, reportArgumentType]
+
+
 def kept_patch_indices(
     rng: jax.Array, batch_shape: tuple[int, ...], num_patches: int, num_keep: int, ordered: bool
 ) -> jax.Array:
