@@ -2,6 +2,7 @@
 
     python examples/evaluate_regularizers.py [--quick] [--out DIR] [--seeds N] [--epochs E]
         [--train-size N] [--size {16,32}] [--network {resnet,plain,both}] [--grid {paper,decisive}]
+        [--lr LR] [--jobs J]
 
 Trains the small ResNet of `train_digits.py` on scikit-learn's digits (upsampled to 16 x 16; with
 strides (1, 2, 1, 1) the regularised groups 3 and 4 both work on 8 x 8 maps, so blocks up to
@@ -29,13 +30,14 @@ Finished runs are cached in ``DIR/runs.json``: rerunning the same command contin
 interrupted run (a ``runs.json`` trained with other settings is refused). ``--quick`` (CI) runs
 a reduced grid on 2 seeds for 1 epoch.
 
-``--grid decisive`` is the test at 32 x 32 instead: the occlusion section only, at 32 x 32, 40
+``--grid decisive`` is the test at 32 x 32 instead: the occlusion section only, at 32 x 32, 25
 epochs on 400 training images, for both networks (``--network both``: the ResNet with BatchNorm,
 strides (1, 2, 1, 1), regularised on its 16 x 16 maps; and a plain six-convolution network
 without normalisation, regularised on its 16 x 16 and 8 x 8 maps), each in ``DIR/<network>/``;
 rows: no regularisation, dropout, SpatialDropout, DropBlock blocks 3, 5 and 7 fixed and
-scheduled (keep_prob 0.9), Cutout and RandomErasing; divergent runs are counted per row. Every
-option given explicitly overrides the grid's defaults.
+scheduled (keep_prob 0.9), Cutout and RandomErasing; divergent runs are counted per row. It
+trains in 2 worker processes (``--jobs``), both networks sharing them: one process leaves part
+of 2 cores idle. Every option given explicitly overrides the grid's defaults.
 """
 
 from __future__ import annotations
@@ -48,14 +50,13 @@ import time
 from pathlib import Path
 
 from digits.comparison import plot_sweeps, results_text
-from digits.data import load_data
-from digits.sweeps import GRIDS, STRIDES, WIDTHS, identity, run_all
+from digits.sweeps import GRIDS, STRIDES, WIDTHS, cached_data, identity, run_all
 from digits.train import total_steps
 
-# Per grid: size, epochs, training images, networks, output directory.
+# Per grid: size, epochs, training images, networks, worker processes, output directory.
 DEFAULTS = {
-    "paper": (16, 20, 300, "resnet", "out/evaluation"),
-    "decisive": (32, 40, 400, "both", "out/evaluation-32"),
+    "paper": (16, 20, 300, "resnet", 1, "out/evaluation"),
+    "decisive": (32, 25, 400, "both", 2, "out/evaluation-32"),
 }
 
 
@@ -71,8 +72,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--network", choices=("resnet", "plain", "both"), default=None)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3, help="Adam, cosine decay (3e-3)")
+    p.add_argument("--jobs", type=int, default=None, help="worker processes (1; 2)")
     args = p.parse_args(argv)
-    size, epochs, train_size, network, out = DEFAULTS[args.grid]
+    size, epochs, train_size, network, jobs, out = DEFAULTS[args.grid]
+    args.jobs = args.jobs or jobs
+    if args.jobs < 1:
+        p.error(f"--jobs must be at least 1, got {args.jobs}")
     args.seeds = args.seeds or (2 if args.quick else 5)
     if args.seeds < 2:
         p.error(f"--seeds must be at least 2 for a confidence interval, got {args.seeds}")
@@ -87,31 +92,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def evaluate(args, out: Path, command: str) -> dict:
-    """Trains (or reads from ``out/runs.json``) one network's grid and writes its report."""
-    from tqdm import tqdm
-
-    start = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    data = load_data(None, args.train_size, args.size)
+def study(args, network: str, out: Path):
+    """One network's sections, settings and output directory."""
+    args = copy.copy(args)
+    args.network = network
+    data = cached_data(args.train_size, args.size)
     args.steps = total_steps(data, args)
     sections = GRIDS[args.grid](args.quick, args.size)
     distinct = {identity(c) for s in sections.values() for c in s.values()}
     print(
-        f"{args.network}, {data.source}: {len(data.x_train)} train / {len(data.x_test)} test "
+        f"{network}, {data.source}: {len(data.x_train)} train / {len(data.x_test)} test "
         f"images of {data.x_train.shape[1:]}; {len(distinct)} configurations x {args.seeds} "
         f"seeds, {args.epochs} epochs ({args.steps} steps) each"
     )
-    with tqdm(total=args.steps * args.seeds * len(distinct), unit="step", file=sys.stderr) as bar:
-        runs = run_all(sections, data, args, out, bar)
-    elapsed = time.perf_counter() - start
-
-    figures = plot_sweeps(sections, runs, args.size, out)
-    text = results_text(sections, runs, args, data, command, elapsed)
-    (out / "results.md").write_text(text)
-    print(text)
-    print(f"wrote {out}/results.md, runs.json, " + ", ".join(figures))
-    return {"sections": sections, "runs": runs}
+    out.mkdir(parents=True, exist_ok=True)
+    return sections, args, out
 
 
 def main(argv=None) -> dict:
@@ -120,14 +115,23 @@ def main(argv=None) -> dict:
     command = "python examples/evaluate_regularizers.py " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
     )
-    if args.network != "both":
-        return evaluate(args, Path(args.out), command)
+    start = time.perf_counter()
+    if args.network == "both":
+        studies = [study(args, n, Path(args.out) / n) for n in ("resnet", "plain")]
+    else:
+        studies = [study(args, args.network, Path(args.out))]
+    all_runs = run_all(studies, args.jobs)
+    elapsed = time.perf_counter() - start
     results = {}
-    for network in ("resnet", "plain"):
-        one = copy.copy(args)
-        one.network = network
-        results[network] = evaluate(one, Path(args.out) / network, command)
-    return results
+    for (sections, one, out), runs in zip(studies, all_runs, strict=True):
+        data = cached_data(one.train_size, one.size)
+        figures = plot_sweeps(sections, runs, one.size, out)
+        text = results_text(sections, runs, one, data, command, elapsed)
+        (out / "results.md").write_text(text)
+        print(text)
+        print(f"wrote {out}/results.md, runs.json, " + ", ".join(figures))
+        results[one.network] = {"sections": sections, "runs": runs}
+    return results if args.network == "both" else results[args.network]
 
 
 if __name__ == "__main__":

@@ -290,10 +290,11 @@ interval that excludes 0 (significant at the 95% level), and nothing else is a d
 - occluders: squares of side {sides} pixels wholly inside the {size} x {size} image, in the
   background colour (they erase strokes), one position per test image drawn from a fixed seed,
   shared by all models
-- compiled train steps (keep_prob and schedule traced, so one per kind of configuration),
-  as counted when each kind was trained: {args.traces}
-- wall time: {args.train_seconds:.0f} s training and evaluating the models (summed over
-  invocations when a run was continued), {elapsed:.0f} s for this invocation
+- compiled train steps (keep_prob and schedule traced, so one per kind of configuration and
+  process that trained it), as counted when each kind was trained: {args.traces}
+- wall time: {args.train_seconds:.0f} s training and evaluating this network's models (summed
+  over configurations, and over invocations when a run was continued), {elapsed:.0f} s for the
+  whole invocation{f" ({args.jobs} worker processes)" if args.jobs > 1 else ""}
 - versions: {report.versions()}, scipy {__import__("scipy").__version__}
 - machine: {report.machine()}
 """

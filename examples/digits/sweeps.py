@@ -7,14 +7,15 @@ configurations that differ only in keep_prob or schedule share one compiled trai
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
-from digits.data import occlude, occluder_side
+from digits.data import load_data, occlude, occluder_side
 from digits.train import Config, accuracy, in_chunks, total_steps, train
-from digits.trainers import LinenTrainer
 
 # The image fractions the occluder covers (its side is rounded to whole pixels).
 OCCLUSION = (0.0, 0.10, 0.25, 0.40)
@@ -147,16 +148,10 @@ def static_label(static: Config) -> str:
     return ", ".join(parts)
 
 
-def run_all(sections, data, args, out: Path, progress) -> dict[str, list[dict]]:
-    """Trains every distinct configuration once per seed; returns per-seed records by identity.
-
-    A record holds the clean test accuracy and the accuracy at each occluder size. Records are
-    saved to ``runs.json`` as they finish, and those already there are reused.
-    """
+def load_runs(out: Path, args) -> dict:
+    """``out/runs.json`` (empty without one), refusing runs trained with other settings."""
     cache_path = out / "runs.json"
     saved = json.loads(cache_path.read_text()) if cache_path.exists() else {}
-    cache, seconds = saved.get("runs", {}), saved.get("seconds", {})
-    traces = saved.get("traces", {})
     # Runs trained with other settings must not be continued or mixed in; a runs.json without
     # settings is from before they were recorded (the default settings of `--grid paper`).
     settings = {k: getattr(args, k) for k in SETTINGS}
@@ -165,54 +160,149 @@ def run_all(sections, data, args, out: Path, progress) -> dict[str, list[dict]]:
             f"{cache_path} holds runs trained with {saved['settings']}, not {settings}: "
             "choose another `--out` or the same settings."
         )
+    return {"settings": settings, "runs": {}, "seconds": {}, "traces": {}} | saved
+
+
+def missing(sections, args, saved: dict) -> list[tuple[Config, list[int]]]:
+    """Every distinct configuration with the seeds ``saved`` lacks."""
+    configs = {}
+    for section in sections.values():
+        for config in section.values():
+            configs.setdefault(identity(config), config)
+    todo = []
+    for ident, config in configs.items():
+        seeds = list(range(len(saved["runs"].get(ident, [])), args.seeds))
+        if seeds:
+            todo.append((config, seeds))
+    return todo
+
+
+# The trainers of this process by network settings and static part: configurations that differ
+# only in keep_prob or schedule share one compiled step.
+_TRAINERS: dict = {}
+
+
+@functools.cache
+def cached_data(train_size: int, size: int):
+    """The bundled digits at ``size`` x ``size``, split and standardised; once per process."""
+    return load_data(None, train_size, size)
+
+
+def train_config(args, config: Config, seeds: list[int], progress=None) -> dict:
+    """Trains ``config`` once per seed and tests each model on the occluded test sets.
+
+    A top-level function of picklable arguments: `run_all` calls it in this process or in a
+    worker process. Returns the per-seed records (clean test accuracy, accuracy at each
+    occluder, final train accuracy and loss), the seconds it took and the compilations it made.
+    """
+    from digits.trainers import LinenTrainer
+
+    data = cached_data(args.train_size, args.size)
+    tic = time.perf_counter()
+    static = static_part(config)
+    where = (*(getattr(args, k) for k in SETTINGS), static)
+    if where not in _TRAINERS:
+        _TRAINERS[where] = LinenTrainer(config, data, args, total_steps(data, args), dynamic=True)
+    trainer = _TRAINERS[where]
+    traces = trainer.traces
+    trainer.configure(config)
     n_test, size = len(data.x_test), data.x_test.shape[1]
     occluded = [
         occlude(data.x_test, occluder_side(f, size), data.background, seed=1_000 + i)
         for i, f in enumerate(OCCLUSION)
     ]
-    configs = {}
-    for section in sections.values():
-        for config in section.values():
-            configs.setdefault(identity(config), config)
-    trainers = {}
-    for ident, config in configs.items():
-        done = cache.get(ident, [])
-        seeds = [s for s in range(args.seeds) if s >= len(done)]
-        if not seeds:
-            progress.update(args.steps * args.seeds)
-            continue
-        progress.update(args.steps * (args.seeds - len(seeds)))
-        progress.set_description(config.name)
-        static = static_part(config)
-        if static not in trainers:
-            trainers[static] = LinenTrainer(
-                config, data, args, total_steps(data, args), dynamic=True
-            )
-        trainer = trainers[static]
-        trainer.configure(config)
-        records = list(done)
-        tic = time.perf_counter()
+    records = []
 
-        def evaluate(seed, trainer, state, records=records):
-            logits = [in_chunks(lambda x: trainer.logits(state, x), x, n_test) for x in occluded]
-            records.append(
-                {
-                    "seed": seed,
-                    "test": accuracy(logits[0], data.y_test),
-                    "occluded": [accuracy(lg, data.y_test) for lg in logits],
-                }
-            )
-
-        runs, _, _ = train(
-            config, data, args, seeds, progress, on_trained=evaluate, trainer=trainer
+    def evaluate(seed, trainer, state):
+        logits = [in_chunks(lambda x: trainer.logits(state, x), x, n_test) for x in occluded]
+        records.append(
+            {
+                "seed": seed,
+                "test": accuracy(logits[0], data.y_test),
+                "occluded": [accuracy(lg, data.y_test) for lg in logits],
+            }
         )
-        for record, run in zip(records[len(done) :], runs, strict=True):
-            record["train"], record["loss"] = run.train_acc[-1], run.train_loss[-1]
-        cache[ident] = records
-        seconds[ident] = seconds.get(ident, 0.0) + time.perf_counter() - tic
-        traces[static_label(static)] = trainer.traces
-        saved = {"settings": settings, "runs": cache, "seconds": seconds, "traces": traces}
-        cache_path.write_text(json.dumps(saved, indent=1))
-    args.traces = traces
-    args.train_seconds = sum(seconds.values())
-    return cache
+
+    runs, _, _ = train(
+        config, data, args, seeds, progress or _Silent(), on_trained=evaluate, trainer=trainer
+    )
+    for record, run in zip(records, runs, strict=True):
+        record["train"], record["loss"] = run.train_acc[-1], run.train_loss[-1]
+    return {
+        "records": records,
+        "seconds": time.perf_counter() - tic,
+        "traces": trainer.traces - traces,
+    }
+
+
+class _Silent:
+    """The progress bar of a worker process: none (the parent counts finished configurations)."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+def run_all(studies, jobs: int = 1) -> list[dict[str, list[dict]]]:
+    """Trains every distinct configuration of every study once per seed; returns, per study,
+    its per-seed records by identity.
+
+    ``studies``: ``(sections, args, out)`` triples (one per network), each cached in
+    ``out/runs.json``: records are saved as each configuration finishes, and those already
+    there are reused. With ``jobs > 1`` the configurations of all studies train in that many
+    worker processes, the costliest first; a configuration's seeds stay in one process, so that
+    one compilation serves them all. A record does not depend on the process that trained it.
+    """
+    from tqdm import tqdm
+
+    saved = [load_runs(out, args) for _, args, out in studies]
+    todo = [
+        (i, config, seeds)
+        for i, (sections, args, _) in enumerate(studies)
+        for config, seeds in missing(sections, args, saved[i])
+    ]
+
+    def steps(i, seeds):
+        return studies[i][1].steps * len(seeds)
+
+    def record(i, config, result):
+        out, s = studies[i][2], saved[i]
+        ident, label = identity(config), static_label(static_part(config))
+        s["runs"][ident] = s["runs"].get(ident, []) + result["records"]
+        s["seconds"][ident] = s["seconds"].get(ident, 0.0) + result["seconds"]
+        s["traces"][label] = s["traces"].get(label, 0) + result["traces"]
+        (out / "runs.json").write_text(json.dumps(s, indent=1))
+
+    with tqdm(total=sum(steps(i, s) for i, _, s in todo), unit="step", file=sys.stderr) as bar:
+        if jobs == 1:
+            for i, config, seeds in todo:
+                bar.set_description(config.name)
+                record(i, config, train_config(studies[i][1], config, seeds, bar))
+        else:
+            # The costliest first, so that the last to finish are short.
+            todo.sort(key=lambda t: -steps(t[0], t[2]) * COST[studies[t[0]][1].network])
+            for (i, config, seeds), result in in_processes(jobs, studies, todo):
+                record(i, config, result)
+                bar.set_description(config.name)
+                bar.update(steps(i, seeds))
+    for (_, args, _), s in zip(studies, saved, strict=True):
+        args.traces, args.train_seconds = s["traces"], sum(s["seconds"].values())
+    return [s["runs"] for s in saved]
+
+
+# A train step's relative cost at 32 x 32 (measured: the ResNet's about twice the plain
+# network's), to start the costliest configurations first.
+COST = {"resnet": 2, "plain": 1}
+
+
+def in_processes(jobs: int, studies, todo):
+    """`train_config` of each ``(study, config, seeds)`` in ``todo`` on ``jobs`` worker
+    processes; yields each task with its result as it finishes."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # "spawn": a forked child of a process that has started JAX's threads may deadlock.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        futures = {pool.submit(train_config, studies[t[0]][1], *t[1:]): t for t in todo}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
