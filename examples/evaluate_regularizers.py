@@ -2,7 +2,7 @@
 
     python examples/evaluate_regularizers.py [--quick] [--out DIR] [--seeds N] [--epochs E]
         [--train-size N] [--size {16,32}] [--network {resnet,plain,both}] [--grid {paper,decisive}]
-        [--lr LR] [--jobs J]
+        [--lr LR] [--jobs J] [--rows LABEL [LABEL ...]]
 
 Trains the small ResNet of `train_digits.py` on scikit-learn's digits (upsampled to 16 x 16; with
 strides (1, 2, 1, 1) the regularised groups 3 and 4 both work on 8 x 8 maps, so blocks up to
@@ -37,7 +37,9 @@ without normalisation, regularised on its 16 x 16 and 8 x 8 maps), each in ``DIR
 rows: no regularisation, dropout, SpatialDropout, DropBlock blocks 3, 5 and 7 fixed and
 scheduled (keep_prob 0.9), Cutout and RandomErasing; divergent runs are counted per row. It
 trains in 2 worker processes (``--jobs``), both networks sharing them: one process leaves part
-of 2 cores idle. Every option given explicitly overrides the grid's defaults.
+of 2 cores idle. ``--rows`` trains only the rows named (and no regularisation, for the
+pairing): with ``--lr`` and another ``--out``, whether a lower learning rate removes a
+divergence. Every option given explicitly overrides the grid's defaults.
 """
 
 from __future__ import annotations
@@ -73,6 +75,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3, help="Adam, cosine decay (3e-3)")
     p.add_argument("--jobs", type=int, default=None, help="worker processes (1; 2)")
+    p.add_argument(
+        "--rows",
+        nargs="+",
+        default=None,
+        metavar="LABEL",
+        help="the decisive grid's rows to train (no regularisation always, for the pairing)",
+    )
     args = p.parse_args(argv)
     size, epochs, train_size, network, jobs, out = DEFAULTS[args.grid]
     args.jobs = args.jobs or jobs
@@ -95,10 +104,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 def study(args, network: str, out: Path):
     """One network's sections, settings and output directory."""
     args = copy.copy(args)
-    args.network = network
+    args.both, args.network = args.network == "both", network
     data = cached_data(args.train_size, args.size)
     args.steps = total_steps(data, args)
     sections = GRIDS[args.grid](args.quick, args.size)
+    if args.rows:
+        unknown = set(args.rows) - set(sections["main"])
+        if args.grid != "decisive" or unknown:
+            raise ValueError(
+                f"`--rows` takes labels of the decisive grid {list(sections['main'])}, got "
+                f"{args.rows} with --grid {args.grid}."
+            )
+        keep = ("no regularisation", *args.rows)
+        sections["main"] = {k: v for k, v in sections["main"].items() if k in keep}
     distinct = {identity(c) for s in sections.values() for c in s.values()}
     print(
         f"{network}, {data.source}: {len(data.x_train)} train / {len(data.x_test)} test "

@@ -143,13 +143,16 @@ def test_decisive_grid_defaults_and_overrides(digits, monkeypatch):
     evaluation = importlib.import_module("evaluate_regularizers")
     args = evaluation.parse_args(["--grid", "decisive"])
     # Issue 20's setting unless told otherwise.
-    assert (args.size, args.epochs, args.train_size, args.network) == (32, 40, 400, "both")
+    assert (args.size, args.epochs, args.train_size, args.network) == (32, 25, 400, "both")
+    assert args.jobs == 2
     args = evaluation.parse_args(["--grid", "decisive", "--size", "16", "--epochs", "3"])
     assert (args.size, args.epochs, args.network) == (16, 3, "both")
     args = evaluation.parse_args([])  # the stored run's settings
     assert (args.size, args.epochs, args.train_size, args.network) == (16, 20, 300, "resnet")
-    with pytest.raises(SystemExit):
-        evaluation.parse_args(["--size", "24"])
+    assert args.jobs == 1
+    for bad in (["--size", "24"], ["--jobs", "-1"]):
+        with pytest.raises(SystemExit):
+            evaluation.parse_args(bad)
 
     from digits.sweeps import decisive_grid
 
@@ -158,6 +161,19 @@ def test_decisive_grid_defaults_and_overrides(digits, monkeypatch):
     assert blocks == [3, 3, 5, 5, 7, 7]
     assert {c.keep_prob for c in main.values() if c.kind != "none"} == {0.9}
     assert main["Cutout 16 x 16"].cutout == 16 and main["RandomErasing 0.25"].erasing == 0.25
+
+
+def test_rows(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    evaluation = importlib.import_module("evaluate_regularizers")
+    args = evaluation.parse_args(["--grid", "decisive", "--rows", "dropout", "Cutout 16 x 16"])
+    sections, one, out = evaluation.study(args, "plain", tmp_path)
+    # No regularisation stays, for the paired differences.
+    assert list(sections["main"]) == ["no regularisation", "dropout", "Cutout 16 x 16"]
+    assert one.network == "plain" and args.network == "both"
+    for argv in (["--grid", "decisive", "--rows", "dropout 0.9"], ["--rows", "dropout"]):
+        with pytest.raises(ValueError, match="--rows"):
+            evaluation.study(evaluation.parse_args(argv), "plain", tmp_path)
 
 
 def test_plain_network_maps(digits):
@@ -221,9 +237,21 @@ def test_quick_decisive_run(tmp_path, monkeypatch):
         assert ("plain network" in report) == (network == "plain")
         assert "## 2. keep_prob" not in report
         assert (tmp_path / network / "occlusion.png").exists()
+        assert "![paired differences](paired.png)" in report
+        assert "s of wall time training (2 worker processes, both networks at once)" in report
+        png = matplotlib.image.imread(tmp_path / network / "paired.png")
+        assert png.min() < png.max()
         assert not (tmp_path / network / "keep_prob.png").exists()
         for config in main.values():
             assert len(result["runs"][sweeps.identity(config)]) == 2
+    # The grid's default trains in 2 worker processes; the same configuration trained in this
+    # process gives the same records, bit for bit.
+    args = evaluation.parse_args(argv)
+    _, plain, _ = evaluation.study(args, "plain", tmp_path / "plain")
+    config = main["DropBlock, fixed, block 3"]
+    with jax.numpy_dtype_promotion("standard"):
+        here = sweeps.train_config(plain, config, [0, 1])
+    assert here["records"] == out["plain"]["runs"][sweeps.identity(config)]
     # A runs.json trained with other settings is not continued.
     with pytest.raises(ValueError, match="--out"), jax.numpy_dtype_promotion("standard"):
         evaluation.main(

@@ -135,6 +135,39 @@ def plot_occlusion(main, runs, size: int, path: Path) -> None:
     fig.savefig(path)
 
 
+def plot_paired(main, runs, size: int, path: Path) -> None:
+    """Each row's paired difference against no regularisation at each occluder, with its 95%
+    interval: the decision at a glance (an interval that crosses 0 decides nothing)."""
+    from matplotlib.figure import Figure
+
+    ref = runs[identity(main["no regularisation"])]
+    rows = [label for label in main if label != "no regularisation"]
+    fig = Figure(figsize=(9, 0.45 * len(rows) + 1.6), dpi=100)
+    ax = fig.subplots()
+    levels = occluded_percent(size)
+    offsets = np.linspace(-0.3, 0.3, len(levels))
+    for i, (level, dy) in enumerate(zip(levels, offsets, strict=True)):
+        diffs = [
+            stats.paired(metric(runs[identity(main[r])], "occluded", i), metric(ref, "occluded", i))
+            for r in rows
+        ]
+        y = np.arange(len(rows)) + dy
+        mean = np.array([100 * d.mean for d in diffs])
+        err = np.array(
+            [[100 * (d.mean - d.low) for d in diffs], [100 * (d.high - d.mean) for d in diffs]]
+        )
+        label = f"occluder {level:.0f}%" if level else "clean"
+        ax.errorbar(mean, y, xerr=err, fmt="o", ms=3, capsize=2, label=label)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(np.arange(len(rows)), rows, fontsize=9)
+    ax.invert_yaxis()
+    ax.set_xlabel("paired difference against no regularisation (pp, mean and 95% CI)", fontsize=11)
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
 def plot_sweep(series, xs, xlabel, title, path: Path) -> None:
     """``series``: label -> list of per-seed accuracy arrays, one per x."""
     from matplotlib.figure import Figure
@@ -158,10 +191,11 @@ def plot_sweep(series, xs, xlabel, title, path: Path) -> None:
 
 def plot_sweeps(sections, runs, size: int, out: Path) -> list[str]:
     """``occlusion.png`` and, with the paper grid's sweeps, ``keep_prob.png`` and
-    ``block_size.png`` in ``out``; returns their names."""
+    ``block_size.png`` (without them, ``paired.png``) in ``out``; returns their names."""
     plot_occlusion(sections["main"], runs, size, out / "occlusion.png")
     if "keep_prob" not in sections:
-        return ["occlusion.png"]
+        plot_paired(sections["main"], runs, size, out / "paired.png")
+        return ["occlusion.png", "paired.png"]
     sweep, blocks = sections["keep_prob"], sections["block_size"]
     kps = sorted({c.keep_prob for c in sweep.values()}, reverse=True)
     series = {}
@@ -251,11 +285,22 @@ def model_text(args, size: int) -> str:
     )
 
 
+def wall_text(args) -> str:
+    """The wall time of the invocations that trained, as ``runs.json`` keeps it (none in the
+    runs stored before it was kept)."""
+    if args.wall_seconds is None:
+        return ""
+    workers = f"{args.jobs} worker processes" if args.jobs > 1 else "one process"
+    both = ", both networks at once" if args.both else ""
+    return f"{args.wall_seconds:.0f} s of wall time training ({workers}{both}); "
+
+
 def results_text(sections, runs, args, data, command: str, elapsed: float) -> str:
     """``results.md``: the sections' tables, the figures and the setup."""
     size = data.x_test.shape[1]
     occlusion_md = main_tables(sections["main"], runs, size)
     sweeps_md = sweeps_text(sections, runs) if "keep_prob" in sections else ""
+    paired_md = "" if sweeps_md else "\n![paired differences](paired.png)\n"
     sides = ", ".join(f"{occluder_side(f, size)}" for f in OCCLUSION)
     cut = size // 2
     title = "occlusion and sweeps" if sweeps_md else "occlusion"
@@ -271,7 +316,7 @@ interval that excludes 0 (significant at the 95% level), and nothing else is a d
 {occlusion_md}
 
 ![occlusion](occlusion.png)
-{sweeps_md}
+{paired_md}{sweeps_md}
 ## Setup
 
 - command: `{command.strip()}`
@@ -292,9 +337,9 @@ interval that excludes 0 (significant at the 95% level), and nothing else is a d
   shared by all models
 - compiled train steps (keep_prob and schedule traced, so one per kind of configuration and
   process that trained it), as counted when each kind was trained: {args.traces}
-- wall time: {args.train_seconds:.0f} s training and evaluating this network's models (summed
-  over configurations, and over invocations when a run was continued), {elapsed:.0f} s for the
-  whole invocation{f" ({args.jobs} worker processes)" if args.jobs > 1 else ""}
+- time: {wall_text(args)}{args.train_seconds:.0f} s training and evaluating this network's
+  models, summed over configurations (and over invocations when a run was continued);
+  {elapsed:.0f} s for the invocation that wrote this report
 - versions: {report.versions()}, scipy {__import__("scipy").__version__}
 - machine: {report.machine()}
 """

@@ -272,6 +272,7 @@ def run_all(studies, jobs: int = 1) -> list[dict[str, list[dict]]]:
         s["traces"][label] = s["traces"].get(label, 0) + result["traces"]
         (out / "runs.json").write_text(json.dumps(s, indent=1))
 
+    tic = time.perf_counter()
     with tqdm(total=sum(steps(i, s) for i, _, s in todo), unit="step", file=sys.stderr) as bar:
         if jobs == 1:
             for i, config, seeds in todo:
@@ -284,8 +285,14 @@ def run_all(studies, jobs: int = 1) -> list[dict[str, list[dict]]]:
                 record(i, config, result)
                 bar.set_description(config.name)
                 bar.update(steps(i, seeds))
-    for (_, args, _), s in zip(studies, saved, strict=True):
+    for i, ((_, args, out), s) in enumerate(zip(studies, saved, strict=True)):
+        if any(j == i for j, _, _ in todo):
+            # The wall time of the invocations that trained (with ``--network both``, the
+            # networks' shared time is counted in each).
+            s["wall"] = s.get("wall", 0.0) + time.perf_counter() - tic
+            (out / "runs.json").write_text(json.dumps(s, indent=1))
         args.traces, args.train_seconds = s["traces"], sum(s["seconds"].values())
+        args.wall_seconds = s.get("wall")
     return [s["runs"] for s in saved]
 
 
