@@ -258,3 +258,28 @@ def test_quick_decisive_run(tmp_path, monkeypatch):
         evaluation.main(
             [*argv, "--network", "plain", "--epochs", "2", "--out", str(tmp_path / "plain")]
         )
+
+
+def test_documented_commands_match_the_stored_runs(monkeypatch):
+    """Every evaluation command in docs/evaluation.md parses, and the runs.json it wrote holds
+    runs trained with the settings it states (the result pages come from these commands)."""
+    import shlex
+
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    evaluation = importlib.import_module("evaluate_regularizers")
+    from digits.sweeps import SETTINGS
+
+    root = EXAMPLES.parent
+    page = (root / "docs" / "evaluation.md").read_text()
+    prefix = "python examples/evaluate_regularizers.py"
+    commands = [line for line in page.splitlines() if line.startswith(prefix)]
+    assert len(commands) >= 4, commands
+    for command in commands:
+        args = evaluation.parse_args(shlex.split(command)[2:])
+        networks = ("resnet", "plain") if args.network == "both" else (args.network,)
+        for network in networks:
+            out = root / args.out / (network if args.network == "both" else "")
+            saved = json.loads((out / "runs.json").read_text())
+            expected = {k: getattr(args, k) for k in SETTINGS} | {"network": network}
+            assert saved["settings"] == expected, command
+            assert f"- command: `{command}`" in (out / "results.md").read_text()
