@@ -207,6 +207,7 @@ def test_positions_equally_likely_and_subsets_independent():
     assert np.all(np.abs(across_keys - rate**2) < band(rate**2, n))
 
 
+@pytest.mark.slow  # 5 to 8 s in the quick loop on 2 idle cores: the full run only
 def test_restore_inverts_patch_dropout(key):
     tokens = tokens_of((3, 2, 1 + 12, 4))
     for ordered in (False, True):

@@ -221,6 +221,7 @@ def test_jit_and_vmap_equal_a_loop(make_key):
         np.testing.assert_array_equal(batched[i], f(keys[i], images[i]))
 
 
+@pytest.mark.slow  # 5 to 8 s in the quick loop on 2 idle cores: the full run only
 def test_gradient_is_zero_exactly_on_the_erased_pixels(key):
     images = images_of((4, 10, 10, 2))
     weights = np.asarray(jax.random.normal(jax.random.key(2), images.shape))

@@ -268,6 +268,7 @@ def test_a_traced_nan_gives_zeros(name):
 # "A traced value outside [0, 1] is clipped to [0, 1], and to `[min_keep_prob, 1]` with a bound:
 # above 1 the output is `x` unchanged; below 0 it is all zeros, or with a bound the output at
 # `min_keep_prob`."
+@pytest.mark.slow  # 5 to 8 s in the quick loop on 2 idle cores: the full run only
 def test_a_traced_value_out_of_range_is_clipped():
     key = jax.random.key(0)
     for name, fn in CALLS.items():

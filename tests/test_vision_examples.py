@@ -90,6 +90,7 @@ def test_patch_dropout_quick_run(tmp_path, examples):
     assert again["runs"] == runs
 
 
+@pytest.mark.slow  # 5 to 8 s in the quick loop on 2 idle cores: the full run only
 def test_patch_dropout_figure(tmp_path, examples):
     figures = importlib.import_module("plot_vision_masks")
     path = tmp_path / "patch_dropout.png"
